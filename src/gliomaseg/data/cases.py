@@ -46,7 +46,7 @@ class CaseError(ValueError):
 
 @dataclass(frozen=True)
 class ImageSource:
-    """Where one modality's voxels are: a file, and a channel index for 4D files."""
+    """Location of one modality's voxels: a file, and a channel index for 4D files."""
 
     path: Path
     channel: int | None = None
@@ -126,7 +126,7 @@ def _resolve_schema(schema: str | LabelSchema | None, default: str) -> LabelSche
 def read_manifest(path: str | Path, schema: str | LabelSchema | None = None) -> Case:
     """Read a case manifest (JSON or YAML).
 
-    The manifest holds ``images`` (modality -> file, relative to the manifest's folder),
+    The manifest contains ``images`` (modality -> file, relative to the manifest's folder),
     optionally ``case_id``, ``label`` and ``label_schema``. Example::
 
         case_id: patient01
@@ -243,7 +243,7 @@ def discover_cases(path: str | Path, schema: str | LabelSchema | None = None) ->
         Cases sorted by case id.
 
     Raises:
-        CaseError: the path does not exist or holds no case in a known layout.
+        CaseError: the path does not exist or contains no case in a known layout.
     """
     path = Path(path)
     if not path.exists():

@@ -23,7 +23,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 class ImageError(ValueError):
-    """An image file is missing, unreadable or holds data that cannot be used."""
+    """An image file is missing, unreadable or contains data that cannot be used."""
 
 
 @dataclass
@@ -94,7 +94,7 @@ def load_volume(
         a scale factor).
 
     Raises:
-        ImageError: the file is missing, not NIfTI, truncated, not 3D, or holds NaN, infinite
+        ImageError: the file is missing, not NIfTI, truncated, not 3D, or contains NaN, infinite
             or (with require_nonzero) only zero voxels.
     """
     path = Path(path)

@@ -117,7 +117,7 @@ def get_schema(name: str | LabelSchema) -> LabelSchema:
 
 
 def check_label_values(label_map: np.ndarray, schema: str | LabelSchema, path: str | Path | None = None) -> None:
-    """Raise LabelError if `label_map` holds a value that `schema` does not define."""
+    """Raise LabelError if `label_map` contains a value that `schema` does not define."""
     schema = get_schema(schema)
     values = np.unique(label_map)
     bad = [v for v in values.tolist() if v not in schema.allowed_values]
