@@ -62,8 +62,121 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score predicted label maps against reference label maps")
-    p.set_defaults(func=_not_built, command_name="evaluate")
+    p = sub.add_parser(
+        "evaluate",
+        help="score predicted label maps against reference label maps; tables, box plots, overlays, curves",
+        description=(
+            "Score predicted label maps against reference label maps: Dice, HD95 (mm), sensitivity and "
+            "specificity per region (whole tumor, tumor core, enhancing tumor), with the BraTS conventions "
+            "for empty masks. Forms: 'evaluate PRED_DIR REF_DIR', 'evaluate --method NAME=PRED_DIR "
+            "[--method ...] REF_DIR', and 'evaluate --curves RUN_DIR [...] --output DIR' for training curves."
+        ),
+    )
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="PRED_DIR REF_DIR, or only REF_DIR with --method. REF_DIR is a dataset of cases with label maps "
+        "or a folder of <case_id>.nii.gz / <case_id>_seg.nii.gz label maps",
+    )
+    p.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME=PRED_DIR",
+        help="a named prediction folder; repeat to compare methods in one table",
+    )
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: PRED_DIR/evaluation for one prediction folder; required otherwise)",
+    )
+    p.add_argument("--pred-schema", default=None, help="label schema of the predictions (default: inferred per file)")
+    p.add_argument(
+        "--ref-schema", default=None, help="label schema of the references (default: the dataset layout's, or inferred)"
+    )
+    p.add_argument("--images", default=None, metavar="DIR", help="cases with FLAIR and T1c images for the overlays")
+    p.add_argument("--no-overlays", action="store_true", help="do not draw the overlay PNG of each case")
+    p.add_argument(
+        "--missing-as-empty",
+        action="store_true",
+        help="score a case without prediction as an empty prediction (BraTS rule) instead of leaving it out",
+    )
+    p.add_argument(
+        "--affine-tolerance",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="largest difference between the affines of a prediction and its reference (default 0.001)",
+    )
+    p.add_argument(
+        "--curves",
+        nargs="+",
+        default=None,
+        metavar="RUN",
+        help="training run folders or metrics.csv files; writes training_curves.png (mean and std band across runs)",
+    )
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gliomaseg.evaluation import AFFINE_TOLERANCE, evaluate_folders, plot_training_curves, table_i, write_evaluation
+    from gliomaseg.evaluation.report import check_output_folder
+    from gliomaseg.evaluation.summary import summarize
+
+    methods: dict[str, str] = {}
+    for entry in args.method:
+        name, separator, folder = entry.partition("=")
+        if not separator or not name.strip() or not folder.strip():
+            raise CommandError(f"--method {entry!r}: expected NAME=PRED_DIR, for example --method AlbuNet3D=preds/3d")
+        if name in methods:
+            raise CommandError(f"--method {name}: the name is given twice; give each method its own name")
+        methods[name.strip()] = folder.strip()
+
+    if methods and len(args.paths) != 1:
+        raise CommandError("with --method give exactly one positional path, the reference folder REF_DIR")
+    if not methods and args.paths and len(args.paths) != 2:
+        raise CommandError("give PRED_DIR REF_DIR, or --method NAME=PRED_DIR ... REF_DIR")
+    if not methods and not args.paths and not args.curves:
+        raise CommandError("nothing to do: give PRED_DIR REF_DIR, --method NAME=PRED_DIR ... REF_DIR, or --curves")
+    if not methods and args.paths:
+        methods = {Path(args.paths[0]).name or "prediction": args.paths[0]}
+
+    output = args.output
+    if output is None and len(methods) == 1 and not args.curves:
+        output = str(Path(next(iter(methods.values()))) / "evaluation")
+    if output is None:
+        raise CommandError("--output DIR is required with several methods or with --curves")
+    reference = args.paths[-1] if methods else None
+    inputs = [*methods.values(), *([reference] if reference else []), *([args.images] if args.images else [])]
+    output_dir = check_output_folder(output, inputs)
+
+    if args.curves:
+        curves = plot_training_curves(args.curves, output_dir / "training_curves.png")
+        print(f"training curves: {curves}")
+    if not methods:
+        return 0
+
+    results, references = evaluate_folders(
+        methods,
+        reference,
+        pred_schema=args.pred_schema,
+        ref_schema=args.ref_schema,
+        missing_as_empty=args.missing_as_empty,
+        affine_tolerance=args.affine_tolerance if args.affine_tolerance is not None else AFFINE_TOLERANCE,
+    )
+    written = write_evaluation(results, references, output_dir, overlays=not args.no_overlays, images=args.images)
+    summary = summarize(results)
+    print("Dice, mean (median):")
+    print(table_i(summary, "dice"))
+    unscored = [r for r in results if not r.scored]
+    if unscored:
+        print(f"{len(unscored)} method-case pair(s) not scored; see the status and reason columns of {written['csv']}")
+    print(f"results: {output_dir} (metrics_per_case.csv, summary.json, report.md, box plots, overlays)")
+    return 0 if any(r.scored for r in results) else 1
 
 
 # --- demo -----------------------------------------------------------------------------------
