@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from gliomaseg.models import build_model, count_parameters, list_models
 from gliomaseg.models.ucltig import (
     DEPTH_MARGIN,
     STAGES,
@@ -14,7 +15,6 @@ from gliomaseg.models.ucltig import (
     ResidualBlock,
     UclTigNet,
     build_ucltig_network,
-    count_parameters,
     from_view,
     output_shape,
     slice_axis,
@@ -129,3 +129,13 @@ def test_prelu_starts_as_relu() -> None:
     slopes = [m.weight for m in net.modules() if isinstance(m, torch.nn.PReLU)]
     assert slopes
     assert all(torch.count_nonzero(s) == 0 for s in slopes)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_registry_builds_each_stage(stage: str) -> None:
+    assert f"ucltig_{stage}" in list_models()
+    net = build_model(f"ucltig_{stage}", view="coronal", width=4)
+    assert net.stage == stage
+    assert net.view == "coronal"
+    rebuilt = build_model(net.model_name, **net.config)
+    assert rebuilt.config == net.config

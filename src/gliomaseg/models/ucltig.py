@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gliomaseg.models.registry import register_model
+
 __all__ = [
     "STAGES",
     "VIEWS",
@@ -46,7 +48,9 @@ __all__ = [
     "MSNet",
     "UclTigNet",
     "build_ucltig_network",
-    "count_parameters",
+    "build_wnet",
+    "build_tnet",
+    "build_enet",
     "output_shape",
     "view_axes",
     "slice_axis",
@@ -272,6 +276,25 @@ class UclTigNet(nn.Module):
         self.stage = stage
         self.view = _check_view(view)
         self.net = MSNet(in_channels, num_classes, width, downsample_twice=stage != "enet")
+        self.model_name = f"ucltig_{stage}"
+
+    @property
+    def config(self) -> dict[str, int | str]:
+        """Keyword arguments that rebuild this network with ``build_model(self.model_name, **config)``."""
+        return {
+            "view": self.view,
+            "in_channels": self.net.in_channels,
+            "num_classes": self.net.num_classes,
+            "width": self.net.width,
+        }
+
+    @property
+    def in_channels(self) -> int:
+        return self.net.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.net.num_classes
 
     @property
     def in_plane_multiple(self) -> int:
@@ -293,13 +316,26 @@ def build_ucltig_network(
     return UclTigNet(stage, view, in_channels, num_classes, width)
 
 
-def count_parameters(module: nn.Module) -> int:
-    """Return the number of trainable parameters of a module."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
 def output_shape(input_shape: Sequence[int], view: str) -> tuple[int, int, int]:
     """Return the canonical (D, H, W) output shape of a view's network for a canonical input shape."""
     shape = [int(s) for s in input_shape]
     shape[slice_axis(view)] -= 2 * DEPTH_MARGIN
     return tuple(shape)
+
+
+@register_model("ucltig_wnet")
+def build_wnet(view: str = "axial", in_channels: int = 4, num_classes: int = 2, width: int = 32) -> UclTigNet:
+    """Build the whole-tumor network of the UCL-TIG cascade for one view."""
+    return UclTigNet("wnet", view, in_channels, num_classes, width)
+
+
+@register_model("ucltig_tnet")
+def build_tnet(view: str = "axial", in_channels: int = 4, num_classes: int = 2, width: int = 32) -> UclTigNet:
+    """Build the tumor-core network of the UCL-TIG cascade for one view."""
+    return UclTigNet("tnet", view, in_channels, num_classes, width)
+
+
+@register_model("ucltig_enet")
+def build_enet(view: str = "axial", in_channels: int = 4, num_classes: int = 2, width: int = 32) -> UclTigNet:
+    """Build the enhancing-tumor network of the UCL-TIG cascade for one view."""
+    return UclTigNet("enet", view, in_channels, num_classes, width)
