@@ -241,6 +241,8 @@ def evaluate_folders(
                 warnings_log.note("reference", "reference", reference_source.path, loaded_reference.schema)
 
         for name, sources in method_sources.items():
+            if reference_source is None and case_id not in sources:
+                continue  # a case id that only another method predicted
             result = _score_pair(
                 name, case_id, sources.get(case_id), loaded_reference, reference_source, reference_error,
                 missing_as_empty, affine_tolerance, warnings_log,
