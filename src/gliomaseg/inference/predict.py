@@ -1,0 +1,420 @@
+"""Prediction of a case or a cohort: preprocess, sliding window, argmax, restore, write.
+
+For each case `predict_case` writes, in the output folder:
+
+- ``<case_id>.nii.gz``: the label map in the input's voxel grid and header (qform and sform),
+  in the input case's label schema or the one chosen;
+- ``<case_id>.json``: tumor volumes in cm3 per region, the checkpoint and its metadata,
+  settings, device and seconds per stage;
+- ``<case_id>_probabilities.nii.gz`` with ``save_probabilities``: see outputs.save_probabilities.
+
+`predict_cases` runs a folder of cases with a progress bar; a failing case is logged and
+reported, and the others go on. Cases can be split across processes with `shard`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import gliomaseg
+from gliomaseg.data.cases import Case, discover_cases
+from gliomaseg.data.io import save_label_map
+from gliomaseg.data.labels import LabelSchema, from_model_classes, get_schema
+from gliomaseg.data.preprocessing import preprocess_case
+from gliomaseg.inference.model import PredictionModel, load_prediction_model
+from gliomaseg.inference.outputs import (
+    output_paths,
+    save_probabilities,
+    tumor_volumes_cm3,
+    voxel_volume_mm3,
+    write_json_atomic,
+)
+from gliomaseg.inference.sliding_window import (
+    VolumeModel,
+    count_windows,
+    estimate_window_bytes,
+    resolve_device,
+    sliding_window_probabilities,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictionSettings:
+    """How cases are predicted; the defaults follow Wacker et al. (steps 32 in-plane, 24 in depth).
+
+    Attributes:
+        step: in-plane distance between window starts, in voxels.
+        depth_step: distance between window starts along D; reduced to the window depth
+            (1 for 2D networks) where larger.
+        window: window size (d, h, w); None uses the checkpoint's training patch size.
+        gaussian: weight window probabilities by a Gaussian centred in the window.
+        tta: mirroring test-time augmentation over H and W (and D for 3D networks), all flip
+            combinations: 4 (2D) or 8 (3D) times the work.
+        precision: "fp32", "bf16" (autocast; CPU or GPU) or "fp16" (GPU only).
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        batch_windows: windows per forward pass; None derives it from `max_memory_gb`.
+        max_memory_gb: memory budget for the accumulators and a batch of windows, in GB,
+            used when `batch_windows` is None.
+        channels_last: run convolutions in channels-last memory format (faster on most CPUs).
+        save_probabilities: also write the class probabilities.
+        label_schema: schema of the written label maps; None uses each input case's schema.
+        overwrite: replace existing outputs; otherwise cases with a label map are skipped.
+        substitute: missing-modality policy, target -> source modality, e.g. {"t1": "t1c"}.
+    """
+
+    step: int = 32
+    depth_step: int = 24
+    window: tuple[int, int, int] | None = None
+    gaussian: bool = False
+    tta: bool = False
+    precision: str = "fp32"
+    device: str = "auto"
+    batch_windows: int | None = None
+    max_memory_gb: float = 2.0
+    channels_last: bool = True
+    save_probabilities: bool = False
+    label_schema: str | None = None
+    overwrite: bool = False
+    substitute: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CaseResult:
+    """Outcome of one case: status "done", "skipped" or "failed", with outputs or the reason."""
+
+    case_id: str
+    status: str
+    label_map: Path | None = None
+    report: Path | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+    volumes_cm3: dict[str, float] | None = None
+
+
+@dataclass
+class PredictionSummary:
+    """Outcome of a prediction run over cases."""
+
+    results: list[CaseResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def _with(self, status: str) -> list[CaseResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def done(self) -> list[CaseResult]:
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list[CaseResult]:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[CaseResult]:
+        return self._with("failed")
+
+    @property
+    def ok(self) -> bool:
+        """True when no case failed."""
+        return not self.failed
+
+    def format(self) -> str:
+        """Return a human-readable summary: counts, then every skipped and failed case."""
+        lines = [
+            f"{len(self.done)} done, {len(self.skipped)} skipped, {len(self.failed)} failed "
+            f"({len(self.results)} cases, {self.seconds:.1f} s)"
+        ]
+        lines += [f"  skipped {r.case_id}: {r.reason}" for r in self.skipped]
+        lines += [f"  FAILED  {r.case_id}: {r.reason}" for r in self.failed]
+        return "\n".join(lines)
+
+
+class Predictor:
+    """Runs the sliding window of one model over preprocessed cases with fixed settings."""
+
+    def __init__(self, model: PredictionModel, settings: PredictionSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        model.network.to(self.device).eval()
+        self.volume_model = VolumeModel(model.network, model.spatial_dims, channels_last=settings.channels_last)
+        self.window = tuple(settings.window) if settings.window is not None else model.patch_size
+        self.step = (settings.depth_step, settings.step, settings.step)
+        if model.spatial_dims == 2:
+            self.window = (1, *self.window[1:])
+        self.mirror_axes = ((1, 2) if model.spatial_dims == 2 else (0, 1, 2)) if settings.tta else ()
+        self._window_bytes: int | None = None
+
+    def batch_windows(self, shape: Sequence[int]) -> int:
+        """Return how many windows to run at once for a cropped (D, H, W) volume of `shape`."""
+        windows = count_windows(shape, self.window, self.step)
+        if self.settings.batch_windows is not None:
+            return max(1, min(self.settings.batch_windows, windows))
+        if self._window_bytes is None:
+            self._window_bytes = estimate_window_bytes(
+                self.volume_model, len(self.model.channels), self.window, self.device, self.settings.precision
+            )
+        voxels = int(np.prod([max(s, w) for s, w in zip(shape, self.window)]))
+        fixed = voxels * 4 * (len(self.model.channels) + 4 + 1)
+        budget = self.settings.max_memory_gb * 1024**3 - fixed
+        return max(1, min(int(budget // self._window_bytes), windows))
+
+    def probabilities(self, image: np.ndarray) -> torch.Tensor:
+        """Return float32 (4, D, H, W) class probabilities of a preprocessed (C, D, H, W) image."""
+        return sliding_window_probabilities(
+            self.volume_model,
+            image,
+            self.window,
+            self.step,
+            gaussian=self.settings.gaussian,
+            mirror_axes=self.mirror_axes,
+            batch_windows=self.batch_windows(image.shape[1:]),
+            precision=self.settings.precision,
+            device=self.device,
+        )
+
+    def describe_device(self) -> dict[str, Any]:
+        if self.device.type == "cuda":
+            return {"device": str(self.device), "name": torch.cuda.get_device_name(self.device)}
+        return {"device": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+
+
+def _input_files(case: Case) -> set[Path]:
+    files = {Path(source.path).resolve() for source in case.images.values()}
+    if case.label is not None:
+        files.add(Path(case.label.path).resolve())
+    return files
+
+
+def _check_not_input(paths: dict[str, Path], inputs: set[Path]) -> None:
+    for path in paths.values():
+        if path.resolve() in inputs:
+            raise ValueError(f"output {path} is an input file of a case; choose another output folder")
+
+
+def _settings(settings: PredictionSettings | None, options: dict[str, Any]) -> PredictionSettings:
+    settings = settings or PredictionSettings()
+    unknown = set(options) - set(PredictionSettings.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown prediction option(s) {sorted(unknown)}; see PredictionSettings")
+    return replace(settings, **options)
+
+
+def _as_model(model: str | Path | PredictionModel, device: str) -> PredictionModel:
+    if isinstance(model, PredictionModel):
+        return model
+    return load_prediction_model(model, device=resolve_device(device))
+
+
+def _as_case(case: Case | str | Path) -> Case:
+    if isinstance(case, Case):
+        return case
+    cases = discover_cases(case)
+    if len(cases) != 1:
+        raise ValueError(f"{case}: expected one case, found {len(cases)}; use predict_cases for a dataset folder")
+    return cases[0]
+
+
+def _run_case(
+    predictor: Predictor,
+    case: Case,
+    output_dir: Path,
+    schema: LabelSchema,
+    inputs: set[Path],
+) -> CaseResult:
+    settings = predictor.settings
+    model = predictor.model
+    paths = output_paths(output_dir, case.case_id)
+    _check_not_input(paths, inputs)
+    if paths["label_map"].exists() and not settings.overwrite:
+        return CaseResult(case.case_id, "skipped", paths["label_map"], reason="output exists (use --overwrite to replace it)")
+
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
+    model.check_case(case, settings.substitute)
+    preprocessed = preprocess_case(case, model.channels, substitute=settings.substitute, with_label=False)
+    timing["preprocess_s"] = time.perf_counter() - start
+
+    mark = time.perf_counter()
+    probabilities = predictor.probabilities(preprocessed.image)
+    classes_cropped = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
+    timing["sliding_window_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    geometry = preprocessed.geometry
+    classes = geometry.restore(classes_cropped, fill=0)
+    labels = from_model_classes(classes, schema)
+    voxel_mm3 = voxel_volume_mm3(geometry.reference.affine)
+    volumes = tumor_volumes_cm3(classes_cropped, voxel_mm3)
+    timing["restore_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_label_map(labels, geometry.reference, paths["label_map"], overwrite=True)
+    if settings.save_probabilities:
+        save_probabilities(probabilities.cpu().numpy(), geometry, paths["probabilities"])
+    timing["write_s"] = time.perf_counter() - mark
+    timing["total_s"] = time.perf_counter() - start
+
+    report = {
+        "case_id": case.case_id,
+        "inputs": {m: str(source) for m, source in case.images.items()},
+        "label_map": str(paths["label_map"]),
+        "probabilities": str(paths["probabilities"]) if settings.save_probabilities else None,
+        "label_schema": schema.name,
+        "label_values": {name: int(v) for name, v in zip(("background", "core", "edema", "enhancing"), schema.class_to_value)},
+        "volumes_cm3": volumes,
+        "voxel_volume_mm3": round(voxel_mm3, 6),
+        "cropped_shape_dhw": list(geometry.cropped_shape),
+        "windows": count_windows(geometry.cropped_shape, predictor.window, predictor.step)
+        * (2 ** len(predictor.mirror_axes)),
+        "checkpoint": model.summary(),
+        "settings": _settings_summary(predictor),
+        "device": predictor.describe_device(),
+        "timing_s": {k.removesuffix("_s"): round(v, 3) for k, v in timing.items()},
+        "gliomaseg_version": gliomaseg.__version__,
+    }
+    write_json_atomic(report, paths["report"])
+    log.info("case %s: done in %.1f s, whole tumor %.2f cm3", case.case_id, timing["total_s"], volumes["whole_tumor"])
+    return CaseResult(case.case_id, "done", paths["label_map"], paths["report"], seconds=timing["total_s"], volumes_cm3=volumes)
+
+
+def _settings_summary(predictor: Predictor) -> dict[str, Any]:
+    summary = asdict(predictor.settings)
+    summary["window"] = list(predictor.window)
+    summary["step_dhw"] = [min(s, w) for s, w in zip(predictor.step, predictor.window)]
+    summary["mirror_axes"] = list(predictor.mirror_axes)
+    return summary
+
+
+def predict_case(
+    model: str | Path | PredictionModel,
+    case: Case | str | Path,
+    output_dir: str | Path,
+    settings: PredictionSettings | None = None,
+    **options: Any,
+) -> CaseResult:
+    """Segment one case and write its label map and report (see the module docstring).
+
+    Args:
+        model: a checkpoint path or a loaded PredictionModel.
+        case: a discovered Case, or a path to a case folder or manifest.
+        output_dir: folder for the outputs; created where missing.
+        settings: prediction settings; keyword `options` override single fields
+            (for example ``tta=True``).
+
+    Returns:
+        The CaseResult, status "done" or "skipped" (an output exists and overwrite is off).
+
+    Raises:
+        ModelInputError: the case lacks a modality the model takes.
+        CaseError, ImageError: unreadable or inconsistent input files.
+        ValueError: an output path is an input file, or an invalid setting.
+    """
+    settings = _settings(settings, options)
+    loaded = _as_model(model, settings.device)
+    found = _as_case(case)
+    schema = get_schema(settings.label_schema or found.schema)
+    return _run_case(Predictor(loaded, settings), found, Path(output_dir), schema, _input_files(found))
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """Return (index, count) from "INDEX/COUNT", a tuple, or torchrun's RANK/WORLD_SIZE when None.
+
+    Raises:
+        ValueError: not two integers with 0 <= index < count.
+    """
+    if shard is None:
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None:
+            return 0, 1
+        shard = (int(rank), int(world))
+    if isinstance(shard, str):
+        try:
+            index_text, count_text = shard.split("/")
+            shard = (int(index_text), int(count_text))
+        except ValueError as error:
+            raise ValueError(f"invalid shard {shard!r}; use INDEX/COUNT, for example 0/2") from error
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"invalid shard {index}/{count}; INDEX must lie in 0..COUNT-1")
+    return index, count
+
+
+def _shard_device(device: str, shard_count: int) -> str:
+    """Give each torchrun process its own GPU (LOCAL_RANK) when several share a machine."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if shard_count > 1 and local_rank is not None and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(local_rank) % torch.cuda.device_count()}"
+    return device
+
+
+def predict_cases(
+    model: str | Path | PredictionModel,
+    input_path: str | Path,
+    output_dir: str | Path,
+    settings: PredictionSettings | None = None,
+    *,
+    shard: str | tuple[int, int] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> PredictionSummary:
+    """Segment every case of a case folder, dataset folder, MSD task folder or manifest.
+
+    Cases are sorted by id; shard (index, count) takes cases index, index + count, ... so
+    processes with shards 0/n .. n-1/n together cover every case once. Without `shard`,
+    torchrun's RANK and WORLD_SIZE are used where set, and each process takes the GPU of
+    its LOCAL_RANK. A case whose label map exists is skipped unless overwrite is set. A case
+    that fails is logged and listed in the summary, and the remaining cases still run.
+
+    Returns:
+        The PredictionSummary of this process's cases.
+
+    Raises:
+        CaseError: `input_path` holds no case.
+        ValueError: invalid settings or label schema, or an output path would be an input file.
+        FileNotFoundError, CheckpointError, ModelInputError: the checkpoint cannot be used.
+    """
+    settings = _settings(settings, options)
+    index, count = parse_shard(shard)
+    settings = replace(settings, device=_shard_device(settings.device, count))
+    explicit_schema = get_schema(settings.label_schema) if settings.label_schema else None
+
+    all_cases = discover_cases(input_path)
+    inputs = set().union(*(_input_files(case) for case in all_cases))
+    output_dir = Path(output_dir)
+    for case in all_cases:
+        _check_not_input(output_paths(output_dir, case.case_id), inputs)
+    cases = all_cases[index::count]
+    log.info("predicting %d of %d cases (shard %d/%d) into %s", len(cases), len(all_cases), index, count, output_dir)
+
+    predictor = Predictor(_as_model(model, settings.device), settings)
+    summary = PredictionSummary()
+    start = time.perf_counter()
+    bar = tqdm(cases, desc="cases", unit="case", disable=not progress)
+    for case in bar:
+        bar.set_postfix_str(case.case_id)
+        case_start = time.perf_counter()
+        try:
+            result = _run_case(predictor, case, output_dir, explicit_schema or case.schema, inputs)
+        except Exception as error:  # a broken case must not stop the cohort
+            log.error("case %s failed: %s", case.case_id, error)
+            result = CaseResult(case.case_id, "failed", reason=f"{type(error).__name__}: {error}")
+            result.seconds = time.perf_counter() - case_start
+        summary.results.append(result)
+    summary.seconds = time.perf_counter() - start
+    log.info("prediction finished: %s", summary.format().splitlines()[0])
+    return summary
