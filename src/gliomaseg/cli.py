@@ -54,8 +54,73 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment a case or a folder of cases with a trained checkpoint")
-    p.set_defaults(func=_not_built, command_name="predict")
+    p = sub.add_parser(
+        "predict",
+        help="segment a case or a folder of cases with a trained checkpoint",
+        description="Segment each case and write OUTPUT/<case_id>.nii.gz (label map in the input's grid and header) "
+        "and OUTPUT/<case_id>.json (tumor volumes in cm3, checkpoint, settings, timing). Exit status 1 if a case failed.",
+    )
+    p.add_argument("--model", required=True, metavar="CKPT", help="checkpoint file (.safetensors) written by gliomaseg train")
+    p.add_argument("input", help="a case folder, a dataset folder of cases, an MSD Task01 folder or a case manifest")
+    p.add_argument("output", help="output folder (created where missing)")
+    p.add_argument("--step", type=int, default=32, help="in-plane distance between sliding-window starts, in voxels (default 32)")
+    p.add_argument("--depth-step", type=int, default=24, help="distance between window starts along the slice axis, in voxels (default 24)")
+    p.add_argument("--window", default=None, metavar="D,H,W", help="window size in voxels (default: the checkpoint's training patch size)")
+    p.add_argument("--gaussian", action="store_true", help="weight overlapping windows by a Gaussian centred in each window")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (4x the work for 2D, 8x for 3D)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="arithmetic precision (bf16 works on CPUs; fp16 on GPUs only)")
+    p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
+    p.add_argument("--batch-windows", type=int, default=None, metavar="N", help="windows per forward pass (default: from --max-memory-gb)")
+    p.add_argument("--max-memory-gb", type=float, default=2.0, help="memory budget for a case's accumulators and a batch of windows, in GB (default 2)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write OUTPUT/<case_id>_probabilities.nii.gz (float32, 4 classes)")
+    p.add_argument("--label-schema", default=None, help="label schema of the output (default: that of each input case)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping those cases")
+    p.add_argument("--shard", default=None, metavar="INDEX/COUNT", help="predict only cases INDEX, INDEX+COUNT, ... (default: torchrun's RANK/WORLD_SIZE, else all)")
+    p.add_argument("--substitute", action="append", default=[], metavar="MISSING=SOURCE", help="use modality SOURCE where MISSING is absent, e.g. t1=t1c (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from gliomaseg.inference import PredictionSettings, predict_cases
+
+    substitute: dict[str, str] = {}
+    for entry in args.substitute:
+        missing, separator, source = entry.partition("=")
+        if not separator or not missing.strip() or not source.strip():
+            raise CommandError(f"--substitute {entry!r}: expected MISSING=SOURCE, for example --substitute t1=t1c")
+        substitute[missing.strip().lower()] = source.strip().lower()
+    window = None
+    if args.window:
+        try:
+            window = tuple(int(v) for v in args.window.split(","))
+        except ValueError:
+            window = ()
+        if len(window) != 3 or min(window) < 1:
+            raise CommandError(f"--window {args.window!r}: expected three positive integers D,H,W, for example 24,128,128")
+    if args.step < 1 or args.depth_step < 1:
+        raise CommandError(f"--step ({args.step}) and --depth-step ({args.depth_step}) must be positive")
+    if args.batch_windows is not None and args.batch_windows < 1:
+        raise CommandError(f"--batch-windows {args.batch_windows}: must be at least 1")
+
+    settings = PredictionSettings(
+        step=args.step,
+        depth_step=args.depth_step,
+        window=window,
+        gaussian=args.gaussian,
+        tta=args.tta,
+        precision=args.precision,
+        device=args.device,
+        batch_windows=args.batch_windows,
+        max_memory_gb=args.max_memory_gb,
+        save_probabilities=args.save_probabilities,
+        label_schema=args.label_schema,
+        overwrite=args.overwrite,
+        substitute=substitute,
+    )
+    summary = predict_cases(args.model, args.input, args.output, settings, shard=args.shard, progress=not args.no_progress)
+    print(summary.format())
+    return 0 if summary.ok else 1
 
 
 # --- evaluate -------------------------------------------------------------------------------
@@ -92,9 +157,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="output folder (default: PRED_DIR/evaluation for one prediction folder; required otherwise)",
     )
-    p.add_argument("--pred-schema", default=None, help="label schema of the predictions (default: inferred per file)")
     p.add_argument(
-        "--ref-schema", default=None, help="label schema of the references (default: the dataset layout's, or inferred)"
+        "--pred-schema",
+        default=None,
+        metavar="SCHEMA",
+        help="label schema of the predictions: brats2017 (also brats2018-2021), brats2023, msd or brats2013 "
+        "(default: inferred per file from its values)",
+    )
+    p.add_argument(
+        "--ref-schema",
+        default=None,
+        metavar="SCHEMA",
+        help="label schema of the references (default: the dataset layout's, or inferred per file)",
     )
     p.add_argument("--images", default=None, metavar="DIR", help="cases with FLAIR and T1c images for the overlays")
     p.add_argument("--no-overlays", action="store_true", help="do not draw the overlay PNG of each case")
@@ -115,7 +189,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=None,
         metavar="RUN",
-        help="training run folders or metrics.csv files; writes training_curves.png (mean and std band across runs)",
+        help="training run folders or metrics.csv files; writes training_curves.png (mean and std band across "
+        "runs). Put it after the positional paths, because it takes every path that follows",
     )
     p.set_defaults(func=_run_evaluate)
 
