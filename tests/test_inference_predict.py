@@ -267,3 +267,19 @@ def test_parse_shard_rejects_index_out_of_range():
 def test_parse_shard_rejects_text():
     with pytest.raises(ValueError, match="INDEX/COUNT"):
         parse_shard("first")
+
+
+def test_predict_case_window_shrinks_to_volume(case_folder, tmp_path):
+    result = predict_case(contrast_model(), case_folder, tmp_path / "out", window=(8, 999, 999), **FAST)
+
+    report = json.loads(result.report.read_text())
+    cropped = report["cropped_shape_dhw"]
+    assert report["settings"]["window"] == [8, cropped[1], cropped[2]]
+    assert report["windows"] == len(range(0, cropped[0] - 8, 4)) + 1
+
+
+def test_predict_case_window_not_below_patch(case_folder, tmp_path):
+    result = predict_case(contrast_model(), case_folder, tmp_path / "out", window=(2, 4, 4), **FAST)
+
+    report = json.loads(result.report.read_text())
+    assert report["settings"]["window"] == [8, 16, 16]

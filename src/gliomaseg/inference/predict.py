@@ -59,7 +59,8 @@ class PredictionSettings:
         step: in-plane distance between window starts, in voxels.
         depth_step: distance between window starts along D; reduced to the window depth
             (1 for 2D networks) where larger.
-        window: window size (d, h, w); None uses the checkpoint's training patch size.
+        window: window size (d, h, w); None uses the checkpoint's training patch size. A
+            larger window is shrunk to the cropped volume (see Predictor.window_for).
         gaussian: weight window probabilities by a Gaussian centred in the window.
         tta: mirroring test-time augmentation over H and W (and D for 3D networks), all flip
             combinations: 4 (2D) or 8 (3D) times the work.
@@ -151,33 +152,47 @@ class Predictor:
         self.device = resolve_device(settings.device)
         model.network.to(self.device).eval()
         self.volume_model = VolumeModel(model.network, model.spatial_dims, channels_last=settings.channels_last)
-        self.window = tuple(settings.window) if settings.window is not None else model.patch_size
         self.step = (settings.depth_step, settings.step, settings.step)
-        if model.spatial_dims == 2:
-            self.window = (1, *self.window[1:])
         self.mirror_axes = ((1, 2) if model.spatial_dims == 2 else (0, 1, 2)) if settings.tta else ()
-        self._window_bytes: int | None = None
+        self._window_bytes: dict[tuple[int, int, int], int] = {}
+
+    def window_for(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """Return the window (d, h, w) for a cropped (D, H, W) volume of `shape`.
+
+        The training patch size by default. A window set in the settings is shrunk to the
+        volume where larger, but never below the patch size, so `window=(24, 999, 999)`
+        means whole slices in one window.
+        """
+        patch = self.model.patch_size
+        if self.settings.window is None:
+            window = patch
+        else:
+            window = tuple(max(min(int(w), int(n)), p) for w, n, p in zip(self.settings.window, shape, patch))
+        if self.model.spatial_dims == 2:
+            window = (1, *window[1:])
+        return window
 
     def batch_windows(self, shape: Sequence[int]) -> int:
         """Return how many windows to run at once for a cropped (D, H, W) volume of `shape`."""
-        windows = count_windows(shape, self.window, self.step)
+        window = self.window_for(shape)
+        windows = count_windows(shape, window, self.step)
         if self.settings.batch_windows is not None:
             return max(1, min(self.settings.batch_windows, windows))
-        if self._window_bytes is None:
-            self._window_bytes = estimate_window_bytes(
-                self.volume_model, len(self.model.channels), self.window, self.device, self.settings.precision
+        if window not in self._window_bytes:
+            self._window_bytes[window] = estimate_window_bytes(
+                self.volume_model, len(self.model.channels), window, self.device, self.settings.precision
             )
-        voxels = int(np.prod([max(s, w) for s, w in zip(shape, self.window)]))
+        voxels = int(np.prod([max(s, w) for s, w in zip(shape, window)]))
         fixed = voxels * 4 * (len(self.model.channels) + 4 + 1)
         budget = self.settings.max_memory_gb * 1024**3 - fixed
-        return max(1, min(int(budget // self._window_bytes), windows))
+        return max(1, min(int(budget // self._window_bytes[window]), windows))
 
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
         """Return float32 (4, D, H, W) class probabilities of a preprocessed (C, D, H, W) image."""
         return sliding_window_probabilities(
             self.volume_model,
             image,
-            self.window,
+            self.window_for(image.shape[1:]),
             self.step,
             gaussian=self.settings.gaussian,
             mirror_axes=self.mirror_axes,
@@ -255,6 +270,7 @@ def _run_case(
 
     mark = time.perf_counter()
     geometry = preprocessed.geometry
+    window = predictor.window_for(geometry.cropped_shape)
     classes = geometry.restore(classes_cropped, fill=0)
     labels = from_model_classes(classes, schema)
     voxel_mm3 = voxel_volume_mm3(geometry.reference.affine)
@@ -279,10 +295,9 @@ def _run_case(
         "volumes_cm3": volumes,
         "voxel_volume_mm3": round(voxel_mm3, 6),
         "cropped_shape_dhw": list(geometry.cropped_shape),
-        "windows": count_windows(geometry.cropped_shape, predictor.window, predictor.step)
-        * (2 ** len(predictor.mirror_axes)),
+        "windows": count_windows(geometry.cropped_shape, window, predictor.step) * (2 ** len(predictor.mirror_axes)),
         "checkpoint": model.summary(),
-        "settings": _settings_summary(predictor),
+        "settings": _settings_summary(predictor, window),
         "device": predictor.describe_device(),
         "timing_s": {k.removesuffix("_s"): round(v, 3) for k, v in timing.items()},
         "gliomaseg_version": gliomaseg.__version__,
@@ -292,10 +307,10 @@ def _run_case(
     return CaseResult(case.case_id, "done", paths["label_map"], paths["report"], seconds=timing["total_s"], volumes_cm3=volumes)
 
 
-def _settings_summary(predictor: Predictor) -> dict[str, Any]:
+def _settings_summary(predictor: Predictor, window: tuple[int, int, int]) -> dict[str, Any]:
     summary = asdict(predictor.settings)
-    summary["window"] = list(predictor.window)
-    summary["step_dhw"] = [min(s, w) for s, w in zip(predictor.step, predictor.window)]
+    summary["window"] = list(window)
+    summary["step_dhw"] = [min(s, w) for s, w in zip(predictor.step, window)]
     summary["mirror_axes"] = list(predictor.mirror_axes)
     return summary
 
