@@ -184,18 +184,17 @@ def evaluate_case(
     if pred.shape != ref.shape:
         raise ValueError(f"prediction has shape {pred.shape} but the reference has {ref.shape}")
     spacing = _check_spacing(spacing, pred.ndim)
-    pred_classes = to_model_classes(pred, pred_schema)
-    ref_classes = to_model_classes(ref, ref_schema)
 
-    # Every region lies inside the whole tumor of its side, so the box around both whole
-    # tumors holds all foreground. Outside it both masks are background: those voxels only
-    # add true negatives, which are counted here to keep specificity over the whole volume.
-    box = _bounding_box((pred_classes > 0) | (ref_classes > 0), margin=1)
+    # Every label value other than background lies in the box around the non-zero voxels of
+    # both maps, so converting (and checking) the labels inside the box covers all of them.
+    # Outside the box both sides are background: those voxels only add true negatives, which
+    # are counted here to keep specificity over the whole volume.
+    box = _bounding_box((pred != 0) | (ref != 0), margin=1)
     if box is None:
         box = tuple(slice(0, 1) for _ in pred.shape)
     outside_voxels = pred.size - int(np.prod([s.stop - s.start for s in box]))
-    pred_regions = region_masks_from_classes(pred_classes[box])
-    ref_regions = region_masks_from_classes(ref_classes[box])
+    pred_regions = region_masks_from_classes(to_model_classes(pred[box], pred_schema))
+    ref_regions = region_masks_from_classes(to_model_classes(ref[box], ref_schema))
 
     scores: dict[str, dict[str, float]] = {}
     for region in REGIONS:

@@ -162,7 +162,8 @@ def infer_schema(label_map: np.ndarray) -> tuple[LabelSchema, bool]:
     Returns:
         (schema, ambiguous).
     """
-    values = set(np.unique(label_map).tolist())
+    label_map = np.asarray(label_map)
+    values = set(np.unique(label_map[label_map != 0]).tolist())
     if 4 in values:
         return get_schema("brats2013" if 3 in values else "brats2017"), False
     if 3 in values:
