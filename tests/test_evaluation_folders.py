@@ -62,6 +62,7 @@ def methods(synthetic_dataset, tmp_path_factory) -> dict[str, Path]:
     _write(labels["Synth_003"][:-2], ref["Synth_003"], a / "Synth_003.nii.gz")
     _write(labels["Synth_000"], ref["Synth_000"], a / "Extra_999.nii.gz")
     (a / "Synth_000.json").write_text("{}")
+    _write(labels["Synth_000"], ref["Synth_000"], a / "Synth_000_probabilities.nii.gz")
 
     shifted = ref["Synth_000"].affine.copy()
     shifted[0, 3] += 5.0

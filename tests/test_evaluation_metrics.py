@@ -59,7 +59,7 @@ def test_hd95_shifted_cube_anisotropic_spacing(axis):
     start[axis] += shift
     pred = _cube((32, 32, 32), start, 10)
     # The face of one cube farthest from the other lies `shift` voxels from the other cube's
-    # surface, and that face holds 100 of the 488 surface voxels, more than the top 5 %.
+    # surface, and that face contains 100 of the 488 surface voxels, more than the top 5 %.
     assert hd95(pred, ref, spacing) == pytest.approx(shift * spacing[axis], abs=1e-5)
 
 

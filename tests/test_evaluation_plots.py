@@ -19,7 +19,8 @@ def _assert_png_with_content(path: Path) -> np.ndarray:
     assert path.is_file()
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     pixels = imread(str(path))
-    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels.shape[0] > 100
+    assert pixels.shape[1] > 100
     # A blank canvas has one colour; a drawn figure has many.
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20
     return pixels
@@ -63,7 +64,7 @@ def test_overlay_rejects_shape_mismatch(tmp_path):
 def test_overlay_views_radiological_orientation():
     # LPS voxel order: array axis 0 runs to the patient's left, axis 1 to posterior.
     volume = np.zeros((10, 12, 8))
-    volume[0, 0, 4] = 1.0  # the most right, most anterior voxel of slice 4
+    volume[0, 0, 4] = 1.0  # the voxel farthest right and farthest anterior in slice 4
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])
     oriented, spacing = _to_ras(volume, affine)
     axial, _ = _slices(oriented, (5, 6, 4), spacing)[0]

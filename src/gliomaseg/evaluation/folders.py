@@ -73,7 +73,7 @@ def _load_label(source: LabelSource, role: str) -> _LoadedLabel:
     array = volume.array
     if np.issubdtype(array.dtype, np.floating):
         if not np.array_equal(array, np.round(array)):
-            raise LabelError(f"{source.path}: {role} label map holds non-integer values; expected integer labels")
+            raise LabelError(f"{source.path}: {role} label map contains non-integer values; expected integer labels. Save it with an integer data type")
         volume.array = array.astype(np.int16)
     if source.schema is not None:
         return _LoadedLabel(volume, source.schema, False)
@@ -108,7 +108,7 @@ class _SchemaWarnings:
         self.seen.add((method, side))
         option = "--pred-schema" if side == "prediction" else "--ref-schema"
         log.warning(
-            "%s: %s label map holds label 3 but no 4; read as %s (3 enhancing tumor). If the %s files use "
+            "%s: %s label map contains label 3 but no 4, so it is read as %s (3 enhancing tumor). If the %s files use "
             "MSD Task01 numbering (1 edema) or BRATS 2013, pass %s; the schema used is listed per case.",
             path, side, schema.name, side, option,
         )
@@ -211,7 +211,7 @@ def evaluate_folders(
 
     Raises:
         FileNotFoundError: a folder does not exist.
-        ValueError: a folder holds no label map, or two of its files map to one case id.
+        ValueError: a folder contains no label map, or two of its files map to one case id.
     """
     if isinstance(predictions, (str, Path)):
         predictions = {Path(predictions).name: predictions}

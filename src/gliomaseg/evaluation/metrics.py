@@ -177,7 +177,7 @@ def evaluate_case(
 
     Raises:
         ValueError: the shapes differ or the spacing is invalid.
-        LabelError: a label map holds a value its schema does not define.
+        LabelError: a label map contains a value that its schema does not define.
     """
     pred = np.asarray(pred)
     ref = np.asarray(ref)

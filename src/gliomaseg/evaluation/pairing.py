@@ -1,10 +1,11 @@
 """Find predicted and reference label maps and pair them by case id.
 
-A prediction folder holds one label map per case, ``<case_id>.nii.gz`` (what ``gliomaseg
-predict`` writes; its ``<case_id>.json`` summaries are ignored). A reference is either a
-dataset of cases that ``gliomaseg.data.cases.discover_cases`` reads (BraTS 2017-2021, BraTS
-2023+, MSD Task01 or manifests), or a flat folder of label maps named ``<case_id>.nii.gz``,
-``<case_id>_seg.nii.gz`` or ``<case_id>-seg.nii.gz``.
+A prediction folder contains one label map per case, ``<case_id>.nii.gz``, as ``gliomaseg
+predict`` writes it. Its ``<case_id>.json`` reports and ``<case_id>_probabilities.nii.gz``
+maps are ignored. A reference is either a dataset of cases that
+``gliomaseg.data.cases.discover_cases`` reads (BraTS 2017-2021, BraTS 2023+, MSD Task01 or
+manifests), or a flat folder of label maps named ``<case_id>.nii.gz``, ``<case_id>_seg.nii.gz``
+or ``<case_id>-seg.nii.gz``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from gliomaseg.data.labels import LabelSchema, get_schema
 log = logging.getLogger(__name__)
 
 _SEG_SUFFIXES = ("_seg", "-seg")
+# Probability maps that gliomaseg predict writes next to the label maps; they are not label maps.
+_PROBABILITY_SUFFIXES = ("_probabilities.nii.gz", "_probabilities.nii")
 
 
 @dataclass
@@ -68,6 +71,8 @@ def _label_files(folder: Path, schema: LabelSchema | None, role: str) -> dict[st
     for path in sorted(folder.iterdir()):
         if not path.is_file() or not is_nifti(path) or path.name.startswith("."):
             continue
+        if path.name.lower().endswith(_PROBABILITY_SUFFIXES):
+            continue
         case_id = _case_id_from_name(path.name)
         if case_id in sources:
             raise ValueError(
@@ -88,7 +93,7 @@ def find_predictions(folder: str | Path, schema: str | LabelSchema | None = None
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        ValueError: the folder holds no label map, or two files map to one case id.
+        ValueError: the folder contains no label map, or two files map to one case id.
     """
     folder = Path(folder)
     if not folder.is_dir():

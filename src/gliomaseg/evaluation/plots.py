@@ -149,8 +149,8 @@ def plot_overlay(
 ) -> Path:
     """Draw axial, coronal and sagittal slices through the tumor centre with the label maps in colour.
 
-    Rows are the three views; columns are each underlay image (for example FLAIR and T1c)
-    with the prediction, then the same image with the reference, side by side. The slices
+    Rows are the three views. For each underlay image (for example FLAIR and T1c) there is a
+    column with the prediction and, next to it, a column with the reference. The slices
     pass through the centroid of the reference's whole tumor, or the prediction's where the
     reference is absent or empty.
 

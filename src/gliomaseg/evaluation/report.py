@@ -88,7 +88,7 @@ def write_summary_json(summary: dict, path: str | Path, reference: str = "") -> 
 
 
 def check_output_folder(output: str | Path, inputs: Sequence[str | Path]) -> Path:
-    """Return the output folder, refusing one that is an input folder itself.
+    """Return the output folder, rejecting one that is an input folder itself.
 
     Raises:
         ValueError: `output` is one of `inputs`.
