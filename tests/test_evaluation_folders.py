@@ -218,3 +218,46 @@ def test_cli_several_methods_need_output(methods, synthetic_dataset, capsys):
     code = main(["evaluate", "--method", f"A={methods['a']}", "--method", f"B={methods['b']}", str(synthetic_dataset)])
     assert code == 2
     assert "--output" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def msd_dataset(tmp_path_factory) -> Path:
+    from gliomaseg.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("msd"), 2, shape=(32, 32, 20), layout="msd", seed=2)
+
+
+def _msd_predictions(msd_dataset: Path, folder: Path, schema: str) -> Path:
+    folder.mkdir()
+    for label_path in sorted((msd_dataset / "labelsTr").glob("*.nii.gz")):
+        image = nib.load(str(label_path))
+        converted = convert_labels(np.asarray(image.dataobj), "msd", schema)
+        _write(converted, image, folder / label_path.name)
+    return folder
+
+
+def test_msd_reference_against_brats2017_predictions(msd_dataset, tmp_path):
+    predictions = _msd_predictions(msd_dataset, tmp_path / "pred", "brats2017")
+    results, references = evaluate_folders(predictions, msd_dataset, progress=False)
+    assert references.kind == "dataset"
+    assert len(results) == 2
+    for result in results:
+        assert result.ref_schema == "msd"
+        assert result.scores["enhancing_tumor"]["dice"] == 1.0
+        assert result.scores["tumor_core"]["dice"] == 1.0
+
+
+def test_pred_schema_option_reads_msd_numbering(msd_dataset, tmp_path):
+    predictions = _msd_predictions(msd_dataset, tmp_path / "pred", "msd")
+    results, _ = evaluate_folders(predictions, msd_dataset, pred_schema="msd", progress=False)
+    for result in results:
+        assert result.pred_schema == "msd"
+        assert result.scores["tumor_core"]["dice"] == 1.0
+
+
+def test_ambiguous_schema_warns(msd_dataset, tmp_path, caplog):
+    predictions = _msd_predictions(msd_dataset, tmp_path / "pred", "msd")
+    with caplog.at_level("WARNING", logger="gliomaseg.evaluation.folders"):
+        results, _ = evaluate_folders(predictions, msd_dataset, progress=False)
+    assert results[0].pred_schema == "brats2023"
+    assert "--pred-schema" in caplog.text
