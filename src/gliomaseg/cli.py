@@ -38,8 +38,99 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert clinical scans (DICOM or NIfTI) to a BraTS-format case")
-    p.set_defaults(func=_not_built, command_name="convert")
+    p = sub.add_parser(
+        "convert",
+        help="convert clinical scans (DICOM or NIfTI) to a BraTS-format case",
+        description=(
+            "Convert one patient's scans into a BraTS-format case folder: DICOM to NIfTI, reorientation to "
+            "BraTS's LPS axes, brain masks, rigid registration to a reference scan and resampling to 1 mm. "
+            "SRC is a NIfTI file, a folder holding one DICOM series, or (with --dicom-dir) a series number, "
+            "UID or description from --list. Run `gliomaseg convert --list DICOM_DIR` first to see the series."
+        ),
+    )
+    p.add_argument("output_dir", nargs="?", metavar="OUTPUT_DIR", help="case folder to create (must be empty)")
+    p.add_argument("--list", metavar="DICOM_DIR", help="print the DICOM series under DICOM_DIR and exit")
+    scans = p.add_argument_group("scans (SRC: NIfTI file, DICOM series folder, or series number/UID with --dicom-dir)")
+    for modality, text in (("t1", "T1"), ("t1c", "contrast-enhanced T1"), ("t2", "T2"), ("flair", "FLAIR")):
+        scans.add_argument(f"--{modality}", metavar="SRC", help=f"{text} scan")
+    scans.add_argument("--dicom-dir", metavar="DIR", help="DICOM folder in which series numbers or UIDs are looked up")
+    scans.add_argument("--fill-missing-slices", action="store_true",
+                       help="interpolate missing DICOM slices instead of stopping with an error")
+    p.add_argument("--case-id", help="file name prefix of the case (default: the output folder's name)")
+    p.add_argument("--reference", choices=("t1", "t1c", "t2", "flair"),
+                   help="scan to register to and whose extent the output covers (default: finest voxel grid)")
+    masks = p.add_argument_group("skull removal (binary brain masks; nonzero = brain)")
+    masks.add_argument("--brain-mask", metavar="FILE", help="brain mask on the reference scan, applied to every modality")
+    for modality in ("t1", "t1c", "t2", "flair"):
+        masks.add_argument(f"--mask-{modality}", metavar="FILE", help=f"brain mask on the {modality} scan's grid")
+    p.add_argument("--label", metavar="FILE", help="label map (e.g. a tumor annotation) to carry into the case as _seg")
+    p.add_argument("--label-on", choices=("t1", "t1c", "t2", "flair"),
+                   help="scan the label map was drawn on (default: the reference)")
+    p.add_argument("--interpolation", choices=("nearest", "linear", "bspline"), default="nearest",
+                   help="image interpolation when resampling to the output grid (default: nearest); masks "
+                        "and labels always use nearest neighbour")
+    p.add_argument("--spacing", type=float, default=1.0, help="output voxel size in mm, isotropic (default: 1.0)")
+    p.add_argument("--missing", choices=("fail", "substitute"), default="fail",
+                   help="a modality without a scan stops the conversion (fail, default) or is substituted "
+                        "(substitute: --substitute pairs, else T1c for T1)")
+    p.add_argument("--substitute", action="append", default=[], metavar="MISSING=SOURCE",
+                   help="write the SOURCE scan in place of the MISSING modality, e.g. t1=t1c (repeatable)")
+    p.add_argument("--naming", choices=("brats2017", "brats2023"), default="brats2017",
+                   help="file names: brats2017 (<id>_t1, _t1ce, _t2, _flair, _seg) or brats2023 "
+                        "(<id>-t1n, -t1c, -t2w, -t2f, -seg)")
+    p.add_argument("--no-registration", action="store_true", help="skip registration (scans already co-registered)")
+    p.add_argument("--init", choices=("scanner", "moments"), default="scanner",
+                   help="registration start: scanner coordinates (same exam, default) or centres of mass")
+    p.add_argument("--keep-intermediate", action="store_true",
+                   help="also write each step's volumes to OUTPUT_DIR/intermediate")
+    p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty OUTPUT_DIR")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from gliomaseg.clinical import convert_case, format_series_table, list_dicom_series
+
+    if args.list:
+        print(format_series_table(list_dicom_series(args.list)))
+        print("guess: a modality suggested by the series description only; assign scans with --t1c, --t2, ...")
+        return 0
+    if not args.output_dir:
+        raise CommandError("give OUTPUT_DIR, the case folder to create, or --list DICOM_DIR to see the series")
+    substitutions = {}
+    for entry in args.substitute:
+        target, separator, origin = entry.partition("=")
+        if not separator or not target or not origin:
+            raise CommandError(f"--substitute {entry!r}: expected MISSING=SOURCE, for example --substitute t1=t1c")
+        substitutions[target.strip()] = origin.strip()
+
+    modalities = ("t1", "t1c", "t2", "flair")
+    result = convert_case(
+        {m: getattr(args, m) for m in modalities if getattr(args, m)},
+        args.output_dir,
+        case_id=args.case_id,
+        dicom_dir=args.dicom_dir,
+        reference=args.reference,
+        brain_mask=args.brain_mask,
+        masks={m: getattr(args, f"mask_{m}") for m in modalities if getattr(args, f"mask_{m}")},
+        label=args.label,
+        label_on=args.label_on,
+        interpolation=args.interpolation,
+        spacing=args.spacing,
+        missing="substitute" if substitutions and args.missing == "fail" else args.missing,
+        substitutions=substitutions,
+        naming=args.naming,
+        register=not args.no_registration,
+        initialization=args.init,
+        keep_intermediate=args.keep_intermediate,
+        overwrite=args.overwrite,
+        fill_missing_slices=args.fill_missing_slices,
+    )
+    for kind, path in result.files.items():
+        print(f"{kind:>9}: {path}")
+    print(f" manifest: {result.manifest_path}")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    return 0
 
 
 # --- train ----------------------------------------------------------------------------------

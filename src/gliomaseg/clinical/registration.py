@@ -158,19 +158,26 @@ def register_rigid(
         iterations=int(method.GetOptimizerIteration()),
         stop_condition=method.GetOptimizerStopConditionDescription(),
     )
+    result.warnings.extend(plausibility_warnings(result))
+    return result
+
+
+def plausibility_warnings(result: RegistrationResult) -> list[str]:
+    """Return warnings for a rotation, translation or metric change beyond plausible head motion in one exam."""
+    warnings = []
     if result.rotation_angle_deg > MAX_ROTATION_DEG:
-        result.warnings.append(
+        warnings.append(
             f"rotation of {result.rotation_angle_deg:.1f} degrees exceeds {MAX_ROTATION_DEG:g} degrees of plausible "
             "head motion within one exam"
         )
     shift = float(np.linalg.norm(result.translation_mm))
     if shift > MAX_TRANSLATION_MM:
-        result.warnings.append(
+        warnings.append(
             f"translation of {shift:.1f} mm exceeds {MAX_TRANSLATION_MM:g} mm of plausible head motion within one exam"
         )
     if result.metric_after > result.metric_before:
-        result.warnings.append("registration made the mutual information worse than the scanner alignment")
-    return result
+        warnings.append("registration made the mutual information worse than the scanner alignment")
+    return warnings
 
 
 def flag_weak_metrics(results: dict[str, RegistrationResult]) -> None:
