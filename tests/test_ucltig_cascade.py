@@ -23,6 +23,15 @@ from gliomaseg.inference.cascade import (
 from gliomaseg.models.ucltig import DEPTH_MARGIN, STAGES, VIEWS, UclTigNet, build_ucltig_network
 
 
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """Run torch on one thread: tiny tensors on a shared, loaded CPU are many times faster so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ThresholdNet(nn.Module):
     """Voxel-wise stand-in for MSNet: foreground logit = scale * (channel - threshold), central slices only."""
 

@@ -22,6 +22,15 @@ from gliomaseg.models.ucltig import (
 )
 
 
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """Run torch on one thread: tiny tensors on a shared, loaded CPU are many times faster so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("view", VIEWS)
 def test_network_output_shape_per_stage_and_view(stage: str, view: str) -> None:
