@@ -126,7 +126,8 @@ def check_label_values(label_map: np.ndarray, schema: str | LabelSchema, path: s
         raise LabelError(
             f"{where}label value(s) {bad} are not defined in schema {schema.name!r} "
             f"({schema.description}; allowed {list(schema.allowed_values)}). "
-            f"Choose the schema that matches the file (for example --label-schema brats2023) or fix the label map."
+            "Choose the schema that matches the file (--label-schema, or --pred-schema/--ref-schema in "
+            "gliomaseg evaluate) or fix the label map."
         )
 
 
