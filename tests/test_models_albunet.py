@@ -47,6 +47,13 @@ def albunet3d(resnet34_file) -> AlbuNet3D:
     return AlbuNet3D(encoder_weights=resnet34_file).eval()
 
 
+@pytest.fixture(scope="module")
+def small_albunet3d() -> AlbuNet3D:
+    """AlbuNet3D with a ResNet18 encoder and 4 base filters, for shape tests that need no ResNet34."""
+    torch.manual_seed(0)
+    return AlbuNet3D(encoder="resnet18", encoder_weights="none", num_filters=4).eval()
+
+
 def test_albunet3d_encoder_weights_equal_resnet34(albunet3d, resnet34_state):
     encoder_state = albunet3d.encoder.state_dict()
     expected_keys = {key for key in resnet34_state if not key.startswith("fc.")}
@@ -97,13 +104,13 @@ def test_albunet3d_depth1_without_depth_layers_equals_2d():
     model_3d.load_state_dict(inflate_state_dict(model_2d.state_dict(), model_3d.state_dict()), strict=True)
     model_2d.eval()
     model_3d.eval()
-    image = torch.randn(2, 3, 64, 96)
+    image = torch.randn(1, 3, 32, 64)
 
     with torch.no_grad():
         out_2d = model_2d(image)
         out_3d = model_3d(image.unsqueeze(2))
 
-    assert out_3d.shape == (2, 4, 1, 64, 96)
+    assert out_3d.shape == (1, 4, 1, 32, 64)
     torch.testing.assert_close(out_3d.squeeze(2), out_2d, rtol=1e-5, atol=1e-5)
 
 
@@ -119,23 +126,23 @@ def test_albunet3d_same_seed_starts_from_2d_weights():
 
 
 @pytest.mark.parametrize("depth", [1, 7, 24, 31])
-def test_albunet3d_keeps_depth(albunet3d, depth):
+def test_albunet3d_keeps_depth(small_albunet3d, depth):
     volume = torch.randn(1, 3, depth, 32, 32)
 
     with torch.no_grad():
-        logits = albunet3d(volume)
+        logits = small_albunet3d(volume)
 
     assert logits.shape == (1, 4, depth, 32, 32)
 
 
-def test_albunet3d_depth_receptive_field_is_nine_slices(albunet3d):
+def test_albunet3d_depth_receptive_field_is_nine_slices(small_albunet3d):
     volume = torch.randn(1, 3, 6, 32, 32)
     changed = volume.clone()
     changed[:, :, 5] = torch.randn(1, 3, 32, 32)
 
     with torch.no_grad():
-        before = albunet3d(volume)
-        after = albunet3d(changed)
+        before = small_albunet3d(volume)
+        after = small_albunet3d(changed)
 
     # Four chained 3x1x1 layers reach 4 slices to each side.
     assert not torch.equal(before[:, :, 1], after[:, :, 1])
@@ -326,13 +333,13 @@ def test_albunet_config_rebuilds_same_architecture(albunet3d):
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in albunet3d.state_dict().items()}
 
 
-def test_albunet3d_bf16_autocast_forward(albunet3d):
+def test_albunet3d_bf16_autocast_forward(small_albunet3d):
     volume = torch.randn(1, 3, 2, 32, 32)
 
     with torch.no_grad():
-        reference = albunet3d(volume)
+        reference = small_albunet3d(volume)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = albunet3d(volume)
+            logits = small_albunet3d(volume)
 
     assert logits.dtype == torch.bfloat16
     assert logits.shape == (1, 4, 2, 32, 32)
@@ -341,7 +348,7 @@ def test_albunet3d_bf16_autocast_forward(albunet3d):
 
 def test_albunet_channels_last_matches_default_layout():
     torch.manual_seed(0)
-    model = AlbuNet3D(encoder="resnet18", encoder_weights="none").eval()
+    model = AlbuNet3D(encoder="resnet18", encoder_weights="none", num_filters=4).eval()
     volume = torch.randn(1, 3, 2, 32, 32)
 
     with torch.no_grad():
@@ -356,8 +363,8 @@ def test_albunet3d_trains_one_step():
     torch.manual_seed(0)
     model = AlbuNet3D(encoder="resnet18", encoder_weights="none", num_filters=4)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    volume = torch.randn(2, 3, 2, 32, 32)
-    target = torch.randint(0, 4, (2, 2, 32, 32))
+    volume = torch.randn(1, 3, 2, 32, 32)
+    target = torch.randint(0, 4, (1, 2, 32, 32))
 
     loss = nn.functional.cross_entropy(model(volume), target)
     loss.backward()

@@ -182,8 +182,8 @@ class AlbuNet(nn.Module):
         if self.spatial_dims == 2:
             self.encoder, self.decoder = encoder_2d, decoder_2d
         else:
-            self.encoder = convert_to_pseudo3d(encoder_2d, add_conv_bias=encoder_conv_bias)
-            self.decoder = convert_to_pseudo3d(decoder_2d)
+            self.encoder = convert_to_pseudo3d(encoder_2d, add_conv_bias=encoder_conv_bias, inplace=True)
+            self.decoder = convert_to_pseudo3d(decoder_2d, inplace=True)
             for index in depth_layers:
                 setattr(self.decoder, f"depth{index}", DepthBlock(self.decoder.depth_channels[index]))
         self.train()

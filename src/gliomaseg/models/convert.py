@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
 
 __all__ = [
     "ConversionError",
@@ -115,20 +116,32 @@ def _convert_conv(conv: nn.Conv2d, add_bias: bool) -> nn.Conv3d:
         dtype=conv.weight.dtype,
     )
     if type(conv) is nn.Conv2d:
-        conv3d = nn.Conv3d(padding=_depth_padding(conv.padding), **kwargs)
+        conv3d = skip_init(nn.Conv3d, padding=_depth_padding(conv.padding), **kwargs)
     else:  # timm Conv2dSame: padding is computed in forward
-        conv3d = Conv3dSameInPlane(padding=0, **kwargs)
+        conv3d = skip_init(Conv3dSameInPlane, padding=0, **kwargs)
+    return _take_weights(conv3d, conv)
 
-    with torch.no_grad():
-        conv3d.weight.copy_(conv.weight.unsqueeze(2))
-        if conv.bias is not None:
-            conv3d.bias.copy_(conv.bias)
-    # A bias added by add_bias keeps PyTorch's default uniform initialisation.
+
+def _take_weights(conv3d: nn.Module, conv: nn.Module) -> nn.Module:
+    """Give an uninitialised 3D convolution the 2D weights with a depth axis, sharing their storage.
+
+    A bias that the 2D convolution lacks is initialised as PyTorch's ``reset_parameters``
+    does: uniform in +-1/sqrt(fan_in).
+    """
+    conv3d.weight = nn.Parameter(conv.weight.detach().unsqueeze(2), requires_grad=conv.weight.requires_grad)
+    if conv.bias is not None:
+        conv3d.bias = nn.Parameter(conv.bias.detach(), requires_grad=conv.bias.requires_grad)
+    elif conv3d.bias is not None:
+        fan_in, _ = nn.init._calculate_fan_in_and_fan_out(conv3d.weight)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        with torch.no_grad():
+            conv3d.bias.uniform_(-bound, bound)
     return conv3d
 
 
 def _convert_conv_transpose(conv: nn.ConvTranspose2d, add_bias: bool) -> nn.ConvTranspose3d:
-    conv3d = nn.ConvTranspose3d(
+    conv3d = skip_init(
+        nn.ConvTranspose3d,
         conv.in_channels,
         conv.out_channels,
         kernel_size=(1, *conv.kernel_size),
@@ -142,11 +155,7 @@ def _convert_conv_transpose(conv: nn.ConvTranspose2d, add_bias: bool) -> nn.Conv
         device=conv.weight.device,
         dtype=conv.weight.dtype,
     )
-    with torch.no_grad():
-        conv3d.weight.copy_(conv.weight.unsqueeze(2))
-        if conv.bias is not None:
-            conv3d.bias.copy_(conv.bias)
-    return conv3d
+    return _take_weights(conv3d, conv)
 
 
 def _batch_norm_kwargs(bn: nn.BatchNorm2d) -> dict:
@@ -219,7 +228,7 @@ def _conversion_rules() -> dict[type[nn.Module], Callable[[nn.Module, bool], nn.
     }
     try:
         from timm.layers import BatchNormAct2d, Conv2dSame
-    except ImportError:  # timm is optional for ResNet encoders
+    except ImportError:  # without timm, only torch.nn layers are converted
         return rules
     rules[Conv2dSame] = _convert_conv
     rules[BatchNormAct2d] = _convert_batch_norm_act
@@ -236,8 +245,8 @@ def _is_dimension_free(module: nn.Module) -> bool:
     return type(module) is DropPath
 
 
-def convert_to_pseudo3d(module: nn.Module, add_conv_bias: bool = False) -> nn.Module:
-    """Return a pseudo-3D copy of a 2D module; the input module is left unchanged.
+def convert_to_pseudo3d(module: nn.Module, add_conv_bias: bool = False, inplace: bool = False) -> nn.Module:
+    """Return a pseudo-3D copy of a 2D module; the input module is left unchanged unless ``inplace``.
 
     Rules (matched on the exact class, so an unknown subclass with its own ``forward``
     is rejected rather than converted wrongly):
@@ -262,6 +271,10 @@ def convert_to_pseudo3d(module: nn.Module, add_conv_bias: bool = False) -> nn.Mo
             initialises ``Conv3d`` biases. Off by default so that torchvision weights map
             1:1; on reproduces the original AlbuNet3D code, whose ``Conv3d`` layers kept
             PyTorch's default ``bias=True``.
+        inplace: convert without copying first. Composite modules of the input are then
+            changed in place and converted layers share the input's parameter storage,
+            so the input must not be used afterwards. Saves time and memory for large
+            networks.
 
     Returns:
         The converted module, on the device and in the dtype of the input.
@@ -270,7 +283,7 @@ def convert_to_pseudo3d(module: nn.Module, add_conv_bias: bool = False) -> nn.Mo
         ConversionError: a leaf module has no rule (for example ``Linear``, ``Flatten``,
             ``Upsample`` or a custom 2D layer); the message names its path and class.
     """
-    return _convert(copy.deepcopy(module), add_conv_bias, path="")
+    return _convert(module if inplace else copy.deepcopy(module), add_conv_bias, path="")
 
 
 def _convert(module: nn.Module, add_bias: bool, path: str) -> nn.Module:
