@@ -14,12 +14,13 @@ from gliomaseg.data.preprocessing import preprocess_case
 from gliomaseg.data.synthetic import make_synthetic_dataset
 from gliomaseg.inference.cascade import CASCADE_FILE, is_cascade_checkpoint, load_cascade, predict_case
 from gliomaseg.models.ucltig import UclTigNet
+from gliomaseg.training.config import merge
+from gliomaseg.training.datasets import split_cases
 from gliomaseg.training.ucltig import (
     PatchSampler,
     build_loss,
     load_ucltig_config,
     sampling_box,
-    split_case_ids,
     stage_target,
     train_cascade,
     train_cascade_from_config,
@@ -55,9 +56,7 @@ def cases(dataset):
 
 
 def tiny_config(**changes):
-    from gliomaseg.training.ucltig import merge_config
-
-    return merge_config(load_ucltig_config(None, ()), merge_config(TINY, changes))
+    return merge(load_ucltig_config(TINY), changes)
 
 
 # --- configuration and split ---------------------------------------------------------------------
@@ -85,24 +84,17 @@ def test_config_overrides_parse_yaml_values(tmp_path) -> None:
 
 
 def test_config_rejects_malformed_override() -> None:
-    with pytest.raises(ValueError, match="key.sub=value"):
+    with pytest.raises(ValueError, match="key=value"):
         load_ucltig_config(None, ["training.iterations"])
 
 
-def test_split_is_disjoint_complete_and_seeded() -> None:
-    ids = [f"case_{i:02d}" for i in range(14)]
-
-    training, validation = split_case_ids(ids, 0.2, seed=3)
-
-    assert len(validation) == 3
-    assert not set(training) & set(validation)
-    assert sorted(training + validation) == ids
-    assert split_case_ids(ids, 0.2, seed=3) == (training, validation)
-    assert split_case_ids(ids, 0.2, seed=4) != (training, validation)
+def test_config_rejects_unknown_key() -> None:
+    with pytest.raises(ValueError, match="unknown configuration key 'training.epochs'"):
+        load_ucltig_config(None, ["training.epochs=3"])
 
 
-def test_split_keeps_one_validation_case_of_two() -> None:
-    assert split_case_ids(["a", "b"], 0.1, seed=0)[1] != []
+def test_config_by_shipped_name() -> None:
+    assert load_ucltig_config("ucltig") == load_ucltig_config()
 
 
 # --- targets and patches -------------------------------------------------------------------------
@@ -269,9 +261,10 @@ def test_train_from_config_splits_by_patient_and_predicts(dataset, tmp_path) -> 
     manifest = train_cascade_from_config(config, tmp_path / "run", progress=False)
 
     split = json.loads((tmp_path / "run" / "split.json").read_text())
+    expected = split_cases([c.case_id for c in discover_cases(dataset)], 0.34, seed=config["seed"])
+    assert split == expected.to_json()
     assert len(split["validation"]) == 1
-    assert not set(split["training"]) & set(split["validation"])
-    assert manifest["training_cases"] == split["training"]
+    assert manifest["training_cases"] == split["train"]
 
     case = next(c for c in discover_cases(dataset) if c.case_id == split["validation"][0])
     classes, _, preprocessed = predict_case(tmp_path / "run", case)

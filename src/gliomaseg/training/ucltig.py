@@ -24,7 +24,6 @@ with the settings prediction needs; :func:`gliomaseg.inference.cascade.load_casc
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -49,14 +48,13 @@ from gliomaseg.inference.cascade import CASCADE_FILE, CASCADE_FORMAT, bounding_b
 from gliomaseg.inference.sliding_window import resolve_device
 from gliomaseg.models.checkpoint import save_checkpoint
 from gliomaseg.models.ucltig import DEFAULT_PATCH_SIZES, DEPTH_MARGIN, STAGES, VIEWS, UclTigNet, to_view
+from gliomaseg.training.config import merge, parse_overrides, read_config_source
 
 __all__ = [
     "DEFAULT_CONFIG",
     "LOSSES",
     "NetworkHistory",
     "load_ucltig_config",
-    "merge_config",
-    "split_case_ids",
     "stage_target",
     "sampling_box",
     "PatchSampler",
@@ -77,78 +75,29 @@ _STAGE_CLASSES = {"wnet": (CORE, EDEMA, ENHANCING), "tnet": (CORE, ENHANCING), "
 # --- configuration -----------------------------------------------------------------------------
 
 
-def merge_config(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    """Return `base` updated recursively with `changes` (nested dicts merge, other values replace)."""
-    merged = copy.deepcopy(dict(base))
-    for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge_config(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _parse_override(text: str) -> dict[str, Any]:
-    key, separator, value = text.partition("=")
-    if not separator or not key:
-        raise ValueError(f"override {text!r} is not of the form key.sub=value")
-    change: dict[str, Any] = {}
-    node = change
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = yaml.safe_load(value)
-    return change
-
-
-def load_ucltig_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def load_ucltig_config(
+    source: str | Path | Mapping[str, Any] | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> dict[str, Any]:
     """Read a UCL-TIG training configuration on top of the shipped defaults (``configs/ucltig.yaml``).
 
     Args:
-        path: a YAML file; None reads only the shipped defaults.
+        source: a dict, a YAML file, the name of a shipped configuration, or None for the
+            defaults alone.
         overrides: ``key.sub=value`` strings, values parsed as YAML (``training.iterations=50``).
 
     Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: the file is not a YAML mapping, or an override is malformed.
+        gliomaseg.training.config.ConfigError: unreadable source, unknown key or malformed override.
     """
     defaults = yaml.safe_load(resources.files("gliomaseg.configs").joinpath(DEFAULT_CONFIG).read_text())
     config = defaults
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"configuration {path} not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"configuration {path} is not a YAML mapping of keys to values")
-        config = merge_config(defaults, loaded)
-    for text in overrides:
-        config = merge_config(config, _parse_override(text))
-    return config
+    if source is not None:
+        written, _ = read_config_source(source)
+        config = merge(defaults, written)
+    return merge(config, parse_overrides(overrides))
 
 
 # --- data ------------------------------------------------------------------------------------
-
-
-def split_case_ids(case_ids: Sequence[str], validation_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split case ids into training and validation sets at the patient level, reproducibly.
-
-    The ids are sorted, shuffled with `seed`, and the first ``round(n * validation_fraction)``
-    (at least 1 when the fraction is positive and there are at least 2 cases) go to validation.
-
-    Returns:
-        (training ids, validation ids), each sorted.
-    """
-    ids = sorted(case_ids)
-    if not 0 <= validation_fraction < 1:
-        raise ValueError(f"validation fraction {validation_fraction} must lie in [0, 1)")
-    count = round(len(ids) * validation_fraction)
-    if validation_fraction > 0 and len(ids) >= 2:
-        count = max(count, 1)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    validation = sorted(ids[i] for i in order[:count])
-    training = sorted(ids[i] for i in order[count:])
-    return training, validation
 
 
 def stage_target(classes: np.ndarray, stage: str) -> np.ndarray:
@@ -501,9 +450,11 @@ def train_cascade_from_config(
 ) -> dict[str, Any]:
     """Discover, split and preprocess the configured dataset, then train the cascade.
 
-    The patient-level split (``data.validation_fraction``, ``seed``, or the ids of an earlier
-    run's ``data.split_file``) is written to ``output_dir/split.json``; only the training cases
-    are used.
+    The patient-level split is that of AlbuNet training
+    (:func:`gliomaseg.training.datasets.split_cases` with ``data.validation_fraction`` and
+    ``seed``, or an earlier run's ``data.split_file``), so both models can be compared on the
+    same held-out cases. It is written to ``output_dir/split.json``; only the training cases
+    are trained on.
 
     Args:
         config: a configuration dict (merged onto the shipped defaults) or a YAML path.
@@ -515,45 +466,37 @@ def train_cascade_from_config(
         The cascade.json contents written.
 
     Raises:
-        FileNotFoundError: the dataset or configuration is missing.
-        ValueError: no cases found, or a setting is invalid.
+        FileNotFoundError: the dataset folder is missing.
+        ValueError: no cases, a case without a label map, an unreadable split file, or an
+            invalid setting (ConfigError is a ValueError).
     """
-    from gliomaseg.data.cases import discover_cases
     from gliomaseg.data.preprocessing import preprocess_case
+    from gliomaseg.training.datasets import discover_training_cases, read_split, split_cases
 
-    if isinstance(config, (str, Path)):
-        config = load_ucltig_config(config, overrides)
+    if isinstance(config, Mapping):
+        config = merge(load_ucltig_config(None), config)
+        config = merge(config, parse_overrides(overrides))
     else:
-        config = merge_config(load_ucltig_config(None), config)
-        for text in overrides:
-            config = merge_config(config, _parse_override(text))
+        config = load_ucltig_config(config, overrides)
     data = config["data"]
     if not data.get("dataset"):
-        raise ValueError("the configuration has no data.dataset; set it to a folder of cases")
+        raise ValueError("the configuration has no data.dataset; set it to a folder of cases (--set data.dataset=PATH)")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    cases = discover_cases(data["dataset"], schema=data.get("label_schema"))
-    if not cases:
-        raise ValueError(f"no cases found in {data['dataset']}")
-    if data.get("split_file"):
-        split = json.loads(Path(data["split_file"]).read_text())
-        training_ids, validation_ids = sorted(split["training"]), sorted(split["validation"])
-    else:
-        training_ids, validation_ids = split_case_ids(
-            [case.case_id for case in cases], float(data.get("validation_fraction", 0.2)), int(config.get("seed", 0))
-        )
-    _write_json_atomic(output_dir / "split.json", {"training": training_ids, "validation": validation_ids})
-
+    cases = discover_training_cases(config)
     by_id = {case.case_id: case for case in cases}
-    unknown = [case_id for case_id in training_ids if case_id not in by_id]
-    if unknown:
-        raise ValueError(f"split lists cases {unknown} that are not in {data['dataset']}")
+    if data.get("split_file"):
+        split = read_split(data["split_file"], list(by_id))
+    else:
+        split = split_cases(list(by_id), float(data.get("validation_fraction", 0.2)), int(config.get("seed", 0)))
+    _write_json_atomic(output_dir / "split.json", split.to_json())
+
     started = time.perf_counter()
     substitute = dict(data.get("substitute") or {}) or None
     preprocessed = [
         preprocess_case(by_id[case_id], data["channels"], substitute=substitute)
-        for case_id in tqdm(training_ids, desc="preprocessing", unit="case", disable=not progress)
+        for case_id in tqdm(split.train, desc="preprocessing", unit="case", disable=not progress)
     ]
-    log.info("preprocessed %d training cases in %.0f s", len(preprocessed), time.perf_counter() - started)
+    log.info("preprocessed %d training cases in %.0f s (%d held out)", len(preprocessed), time.perf_counter() - started, len(split.validation))
     return train_cascade(preprocessed, output_dir, config, stages=stages, views=views, progress=progress)
