@@ -163,7 +163,7 @@ def convert_case(
         catalog = SeriesCatalog()
         scans = {}
         for modality, source in sources.items():
-            image, description = load_source(source, dicom_dir, catalog, fill_missing_slices, what=f"{modality} scan")
+            image, description = load_source(source, dicom_dir, catalog, fill_missing_slices, role=f"{modality} scan")
             scans[modality] = _Scan(modality, description, image, converted=image)
         case_mask_image = _load_file(brain_mask, "brain mask") if brain_mask is not None else None
         mask_images = {m: _load_file(path, f"{m} brain mask") for m, path in masks.items()}
@@ -331,7 +331,7 @@ def _prepare_output(output_dir: Path, overwrite: bool, inputs) -> None:
         path = Path(item).resolve()
         if path == resolved or resolved in path.parents:
             raise ConversionError(
-                f"{output_dir}: contains the input {item}; choose an output folder that holds no input, "
+                f"{output_dir}: contains the input {item}; choose an output folder that contains no input, "
                 "so no input can be written over."
             )
     if output_dir.is_file():
@@ -343,8 +343,8 @@ def _prepare_output(output_dir: Path, overwrite: bool, inputs) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _load_file(path, what: str) -> sitk.Image:
-    image, _ = load_source(path, what=what)
+def _load_file(path, role: str) -> sitk.Image:
+    image, _ = load_source(path, role=role)
     return image
 
 

@@ -153,7 +153,7 @@ def list_dicom_series(directory: str | os.PathLike) -> list[DicomSeries]:
 
     Raises:
         FileNotFoundError: the folder does not exist.
-        ConversionError: the folder holds no readable DICOM image.
+        ConversionError: the folder contains no readable DICOM image.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -254,7 +254,7 @@ def read_dicom_series(series: DicomSeries, fill_missing_slices: bool = False) ->
         return image, report
     _check_consistent(slices, name)
     if len(slices) < 2:
-        raise DicomGeometryError(f"{name}: holds a single 2D slice; a 3D volume needs at least two slices.")
+        raise DicomGeometryError(f"{name}: contains a single 2D slice; a 3D volume needs at least two slices.")
 
     row_dir, col_dir, normal = _axes(slices[0].orientation)
     positions = np.array([s.position for s in slices], dtype=float)
@@ -263,7 +263,7 @@ def read_dicom_series(series: DicomSeries, fill_missing_slices: bool = False) ->
     if np.any(gaps < 1e-3):
         n_duplicates = int(np.sum(gaps < 1e-3))
         raise DicomGeometryError(
-            f"{name}: {n_duplicates} slices share a position with another slice, so the series holds several "
+            f"{name}: {n_duplicates} slices share a position with another slice, so the series contains several "
             "volumes (echoes, time points or diffusion directions); export each volume as its own series."
         )
     median_gap = float(np.median(gaps))

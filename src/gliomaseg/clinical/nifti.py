@@ -71,7 +71,7 @@ def read_nifti(path: str | os.PathLike) -> sitk.Image:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ConversionError: the file is not readable NIfTI, holds several volumes, or has a
+        ConversionError: the file is not readable NIfTI, contains several volumes, or has a
             sheared affine.
     """
     path = Path(path)

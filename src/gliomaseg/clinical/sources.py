@@ -33,7 +33,7 @@ def load_source(
     dicom_dir: str | os.PathLike | None = None,
     catalog: SeriesCatalog | None = None,
     fill_missing_slices: bool = False,
-    what: str = "scan",
+    role: str = "scan",
 ) -> tuple[sitk.Image, dict]:
     """Load one scan and describe where it came from.
 
@@ -46,7 +46,7 @@ def load_source(
 
     Raises:
         FileNotFoundError: the path does not exist and is no series of `dicom_dir`.
-        ConversionError: a DICOM folder holds several series, the file cannot be read, or
+        ConversionError: a DICOM folder contains several series, the file cannot be read, or
             the series geometry cannot be corrected.
     """
     catalog = catalog or SeriesCatalog()
@@ -57,17 +57,17 @@ def load_source(
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
-            raise ConversionError(f"{path}: {what} file cannot be read as an image ({error}).") from error
+            raise ConversionError(f"{path}: {role} file cannot be read as an image ({error}).") from error
         if image.GetDimension() != 3:
-            raise ConversionError(f"{path}: {what} has {image.GetDimension()} dimensions; a 3D volume is needed.")
+            raise ConversionError(f"{path}: {role} has {image.GetDimension()} dimensions; a 3D volume is needed.")
         return image, {"kind": "image file", "path": str(path.resolve())}
 
     if path.is_dir():
         series_list = catalog.series(path)
         if len(series_list) != 1:
             raise ConversionError(
-                f"{path}: holds {len(series_list)} DICOM series; give --dicom-dir {path} and a series number or UID "
-                f"for the {what} (list them with `gliomaseg convert --list {path}`)."
+                f"{path}: contains {len(series_list)} DICOM series; give --dicom-dir {path} and a series number or UID "
+                f"for the {role} (list them with `gliomaseg convert --list {path}`)."
             )
         return _load_series(series_list[0], path, fill_missing_slices)
 
@@ -75,7 +75,7 @@ def load_source(
         series = find_series(catalog.series(Path(dicom_dir)), str(source))
         return _load_series(series, Path(dicom_dir), fill_missing_slices)
     raise FileNotFoundError(
-        f"{source}: {what} not found; give a NIfTI file, a folder with one DICOM series, "
+        f"{source}: {role} not found; give a NIfTI file, a folder with one DICOM series, "
         "or a series number or UID together with --dicom-dir."
     )
 
