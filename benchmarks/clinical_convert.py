@@ -91,7 +91,7 @@ def write_records(runs: list[dict]) -> None:
     lines += [
         "",
         "Alignment to T1c (first run): brain-mask Dice on the T1c grid and Mattes mutual information "
-        "(lower is better) inside the skull-stripped images, before (scanner coordinates) and after registration.",
+        "(lower is better) between the skull-stripped images, before (scanner coordinates) and after registration.",
         "",
         "| modality | Dice before | Dice after | MI before | MI after | rotation (deg) | translation (mm) |",
         "|---|---|---|---|---|---|---|",
