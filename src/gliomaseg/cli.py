@@ -137,8 +137,37 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model from a YAML configuration")
-    p.set_defaults(func=_not_built, command_name="train")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML configuration",
+        description="Train a model from a YAML configuration; writes config.yaml, split.json, metrics.csv and checkpoints to the run folder.",
+    )
+    p.add_argument("config", help="a YAML configuration file or a shipped configuration name, e.g. albunet2d_imagenet")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="change a configuration value (dotted key, YAML value), e.g. --set training.epochs=5; repeatable",
+    )
+    p.add_argument("--output", default=None, help="run folder (default: runs/<config name>-<date-time>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --output from its last finished epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace the run folder given by --output if it exists")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from gliomaseg.models.weights import WeightsUnavailableError
+    from gliomaseg.training import train
+
+    if args.resume and args.overwrite:
+        raise CommandError("--resume and --overwrite exclude each other")
+    try:
+        result = train(args.config, overrides=args.overrides, output_dir=args.output, resume=args.resume, overwrite=args.overwrite)
+    except WeightsUnavailableError as error:
+        raise CommandError(str(error)) from error
+    best = result.best_checkpoint or result.last_checkpoint
+    print(f"run folder: {result.run_dir}")
+    print(f"epochs completed: {result.epochs_completed}{' (stopped at training.max_minutes)' if result.stopped_by_time else ''}")
+    print(f"checkpoint for prediction: {best}")
+    return 0
 
 
 # --- predict --------------------------------------------------------------------------------
