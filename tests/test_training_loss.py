@@ -69,7 +69,7 @@ def test_loss_near_zero_for_confident_correct_prediction():
     assert float(MultiClassDiceLoss()(logits, target)) < 1e-6
 
 
-def test_loss_accepts_channel_axis_in_target_and_3d_volumes():
+def test_loss_accepts_target_channel_axis():
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(2, 4, 3, 4, 5, generator=generator)
     target = torch.randint(0, 4, (2, 3, 4, 5), generator=generator)

@@ -113,9 +113,9 @@ def test_dataset_item_depends_only_on_seed_and_index():
 def test_dataset_items_differ_between_seeds():
     cases = [_case(shape=(30, 40, 40), brain_box=(slice(0, 30), slice(0, 40), slice(0, 40)))]
     cases[0].image[:] = np.random.default_rng(0).random(cases[0].image.shape, dtype=np.float32)
-    one = RandomPatchDataset(PatchSampler(cases, (2, 6, 6)), seed=1)[0]["image"]
-    two = RandomPatchDataset(PatchSampler(cases, (2, 6, 6)), seed=2)[0]["image"]
-    assert not np.array_equal(one.numpy(), two.numpy())
+    seed_one = RandomPatchDataset(PatchSampler(cases, (2, 6, 6)), seed=1)[0]["image"]
+    seed_two = RandomPatchDataset(PatchSampler(cases, (2, 6, 6)), seed=2)[0]["image"]
+    assert not np.array_equal(seed_one.numpy(), seed_two.numpy())
 
 
 def test_dataset_returns_float_image_and_long_label():

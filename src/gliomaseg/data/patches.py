@@ -6,8 +6,8 @@ gives the same patches whatever the number of worker processes or devices, and a
 continues the stream where it stopped.
 
 A patch is centred on a brain voxel drawn uniformly from all brain voxels of a case chosen
-uniformly at random (or, with probability `tumor_fraction`, on a tumor voxel), then shifted to
-lie inside the case where the case is at least as large as the patch. Cases smaller than the
+uniformly at random (or, with probability `tumor_fraction`, on a tumor voxel). The patch is then
+shifted to lie inside the case along every axis where the case is at least as large as the patch. Cases smaller than the
 patch are zero-padded. For a spatial augmentation a larger *region* around the patch is cut
 (zero outside the case), as large as that sample's rotation, scaling and deformation reach, so
 they pull in real context instead of an empty border; the augmentation returns the patch.
@@ -29,8 +29,8 @@ from gliomaseg.data.preprocessing import PreprocessedCase
 
 log = logging.getLogger(__name__)
 
-# Rejection sampling inside the bounding box finds a brain voxel in a few tries (the brain fills
-# about half of its box); after this many misses the sampler draws from the explicit voxel list.
+# Rejection sampling inside the bounding box finds a brain voxel in a few tries, because the brain
+# fills about half of its box. After this many misses the sampler draws from the voxel list.
 _MAX_REJECTION_TRIES = 64
 
 

@@ -1,7 +1,7 @@
 """Training configurations: defaults, shipped YAML files, `key=value` overrides and checks.
 
-A configuration is a nested dict. `DEFAULT_CONFIG` holds every key with its default (the
-AlbuNet2D setting of Wacker et al.); a YAML file or dict only needs the keys it changes. The
+A configuration is a nested dict. `DEFAULT_CONFIG` contains every key with its default (the
+AlbuNet2D setting of Wacker et al.). A YAML file or dict only needs the keys it changes. The
 files in `gliomaseg/configs/` are the paper's four variants and can be named without a path
 (`albunet2d_imagenet`). docs/train.md documents every key.
 """

@@ -70,12 +70,12 @@ def keep_metrics_until(path: Path, epoch: int) -> None:
         return
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    kept = [row for row in rows if int(float(row["epoch"])) <= epoch]
-    if len(kept) != len(rows):
+    retained = [row for row in rows if int(float(row["epoch"])) <= epoch]
+    if len(retained) != len(rows):
         with open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
-            writer.writerows(kept)
+            writer.writerows(retained)
 
 
 def save_resume_state(path: Path, state: Mapping[str, Any]) -> None:
@@ -95,7 +95,7 @@ def load_resume_state(path: Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the run has no resume state.
-        ValueError: the file is unreadable or holds other objects.
+        ValueError: the file is unreadable or contains other objects.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; the run has not finished an epoch, so there is nothing to resume (start it again without --resume)")

@@ -163,7 +163,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
 ) -> RunResult:
-    """Train a model as a configuration says and write a run folder.
+    """Train a model as a configuration specifies and write a run folder.
 
     Args:
         config: a configuration dict, a YAML file, or the name of a shipped configuration
