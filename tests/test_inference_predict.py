@@ -283,3 +283,21 @@ def test_predict_case_window_not_below_patch(case_folder, tmp_path):
 
     report = json.loads(result.report.read_text())
     assert report["settings"]["window"] == [8, 16, 16]
+
+
+@pytest.mark.realdata
+def test_predict_case_real_brats_case_geometry(tmp_path):
+    folder = Path(__file__).parents[1] / ".." / "shared" / "data" / "deepbrainseg_brats2018" / "brats" / "Brats18_2013_11_1"
+    if not folder.exists():
+        pytest.skip(f"real data not available: {folder} is absent")
+
+    result = predict_case(contrast_model(patch_size=(24, 128, 128)), folder, tmp_path, step=128, device="cpu")
+
+    output = load(result.label_map)
+    source = load(folder / "Brats18_2013_11_1_flair.nii.gz")
+    report = json.loads(result.report.read_text())
+    assert output.shape == source.shape == (240, 240, 155)
+    np.testing.assert_array_equal(output.affine, source.affine)
+    np.testing.assert_array_equal(output.get_sform(), source.get_sform())
+    assert set(np.unique(np.asarray(output.dataobj)).tolist()) <= {0, 1, 2, 4}
+    assert report["cropped_shape_dhw"] == [143, 165, 143]

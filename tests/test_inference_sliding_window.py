@@ -29,14 +29,14 @@ def random_probabilities(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 class LogModel(nn.Module):
-    """Return log(input), so softmax of the output is the input when the input holds probabilities."""
+    """Return log(input), so softmax of the output is the input when the input contains probabilities."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log(x)
 
 
 class CountingModel(nn.Module):
-    """LogModel that counts the samples it sees and keeps the inputs of its calls."""
+    """LogModel that counts its input samples and keeps the inputs of its calls."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,7 +91,7 @@ def test_sliding_window_averages_overlapping_windows():
 
     result = sliding_window_probabilities(RampModel(), image, (1, 1, 4), (1, 1, 2), apply_softmax=False)
 
-    # Windows start at 0 and 2: voxel 2 sees ramp values 2 and 0, voxel 3 sees 3 and 1.
+    # Windows start at 0 and 2: voxel 2 gets ramp values 2 and 0, voxel 3 gets 3 and 1.
     expected = np.array([0, 1, 1, 2, 2, 3], dtype=np.float32)
     np.testing.assert_allclose(result[0, 0, 0].numpy(), expected)
 
@@ -111,7 +111,7 @@ def test_sliding_window_gaussian_weights_overlap():
     assert result[0, 0, 0, 2].item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_sliding_window_2d_model_sees_slices():
+def test_sliding_window_2d_model_gets_slices():
     image = random_probabilities((5, 12, 9), seed=1)
     model = VolumeModel(SliceLogModel(), spatial_dims=2)
 

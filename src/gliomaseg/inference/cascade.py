@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from gliomaseg.data.labels import CORE, EDEMA, ENHANCING
 from gliomaseg.inference.sliding_window import resolve_device, window_starts
@@ -63,7 +64,8 @@ __all__ = [
     "read_cascade_manifest",
     "load_cascade",
     "predict_case",
-    "segment_case",
+    "class_probabilities",
+    "predict_cases_with_cascade",
 ]
 
 log = logging.getLogger(__name__)
@@ -512,32 +514,136 @@ def predict_case(
     return classes, result, preprocessed
 
 
-def segment_case(
-    cascade: UclTigCascade | str | Path,
-    case,
-    output_path: str | Path,
-    *,
-    label_schema: str | None = None,
-    substitute: Mapping[str, str] | None = None,
-    device: str | torch.device | None = "cpu",
-    overwrite: bool = False,
-) -> Path:
-    """Segment one case with the cascade and write the label map in the input's grid and header.
+def class_probabilities(result: CascadeResult) -> np.ndarray:
+    """Combine the stages' fused foreground probabilities into float32 (4, D, H, W) model-class probabilities.
 
-    Args:
-        label_schema: schema of the written labels; default the case's schema (BraTS 2017
-            numbering {1, 2, 4} for BraTS 2017-2021 layouts).
-        overwrite: replace an existing output file (never an input file).
+    The cascade's regions are nested (ET inside TC inside WT), so with p_wt, p_tc, p_et the
+    stages' probabilities: background 1 - p_wt, edema p_wt (1 - p_tc), necrotic/non-enhancing
+    core p_wt p_tc (1 - p_et), enhancing p_wt p_tc p_et. A stage that did not run at a voxel
+    counts as 0. The argmax of these maps can differ from ``result.classes``, which also went
+    through the connected-component and size rules.
+    """
+    shape = result.classes.shape
+    whole = result.probabilities.get("wnet", np.zeros(shape, dtype=np.float32))
+    core = result.probabilities.get("tnet", np.zeros(shape, dtype=np.float32))
+    enhancing = result.probabilities.get("enet", np.zeros(shape, dtype=np.float32))
+    probabilities = np.empty((4, *shape), dtype=np.float32)
+    probabilities[0] = 1 - whole
+    probabilities[EDEMA] = whole * (1 - core)
+    probabilities[CORE] = whole * core * (1 - enhancing)
+    probabilities[ENHANCING] = whole * core * enhancing
+    return probabilities
+
+
+def _write_case(cascade: UclTigCascade, folder: Path, case, output_dir: Path, schema, settings) -> "CaseResult":
+    from gliomaseg.data.io import save_label_map
+    from gliomaseg.data.labels import from_model_classes
+    from gliomaseg.inference.outputs import (
+        output_paths,
+        save_probabilities,
+        tumor_volumes_cm3,
+        voxel_volume_mm3,
+        write_json_atomic,
+    )
+    from gliomaseg.inference.predict import CaseResult
+
+    paths = output_paths(output_dir, case.case_id)
+    if paths["label_map"].exists() and not settings.overwrite:
+        return CaseResult(case.case_id, "skipped", paths["label_map"], reason="output exists (use --overwrite to replace it)")
+
+    started = time.perf_counter()
+    classes, result, preprocessed = predict_case(cascade, case, substitute=settings.substitute or None)
+    geometry = preprocessed.geometry
+    voxel_mm3 = voxel_volume_mm3(geometry.reference.affine)
+    volumes = tumor_volumes_cm3(result.classes, voxel_mm3)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_label_map(from_model_classes(classes, schema), geometry.reference, paths["label_map"], overwrite=True)
+    if settings.save_probabilities:
+        save_probabilities(class_probabilities(result), geometry, paths["probabilities"])
+    seconds = time.perf_counter() - started
+
+    report = {
+        "case_id": case.case_id,
+        "inputs": {m: str(source) for m, source in case.images.items()},
+        "label_map": str(paths["label_map"]),
+        "probabilities": str(paths["probabilities"]) if settings.save_probabilities else None,
+        "label_schema": schema.name,
+        "volumes_cm3": volumes,
+        "voxel_volume_mm3": round(voxel_mm3, 6),
+        "cropped_shape_dhw": list(geometry.cropped_shape),
+        "checkpoint": {"path": str(folder), "model": "ucltig", "channels": list(cascade.channels)},
+        "cascade": {
+            "views": {stage: sorted(networks) for stage, networks in cascade.networks.items()},
+            "tnet_box_dhw": [[s.start, s.stop] for s in result.tnet_box],
+            "enet_box_dhw": [[s.start, s.stop] for s in result.enet_box],
+        },
+        "timing_s": {**{k: round(v, 3) for k, v in result.seconds.items()}, "total": round(seconds, 3)},
+    }
+    write_json_atomic(report, paths["report"])
+    return CaseResult(case.case_id, "done", paths["label_map"], paths["report"], seconds=seconds, volumes_cm3=volumes)
+
+
+def predict_cases_with_cascade(
+    folder: str | Path,
+    input_path: str | Path,
+    output_dir: str | Path,
+    settings=None,
+    *,
+    shard: str | tuple[int, int] | None = None,
+    progress: bool = True,
+):
+    """Segment every case under `input_path` with the UCL-TIG cascade in checkpoint folder `folder`.
+
+    The counterpart of :func:`gliomaseg.inference.predict.predict_cases` for cascade
+    checkpoint folders, with the same outputs (``<case_id>.nii.gz``, ``<case_id>.json``,
+    optionally ``<case_id>_probabilities.nii.gz`` from :func:`class_probabilities`), the same
+    skipping, sharding and failure handling. Of the PredictionSettings it uses ``device``,
+    ``label_schema``, ``overwrite``, ``substitute`` and ``save_probabilities``; the sliding
+    window settings do not apply, because the cascade tiles its crops itself.
 
     Returns:
-        The path written.
-    """
-    from gliomaseg.data.io import save_label_map
-    from gliomaseg.data.labels import from_model_classes, get_schema
+        A :class:`gliomaseg.inference.predict.PredictionSummary`.
 
-    classes, _, preprocessed = predict_case(cascade, case, substitute=substitute, device=device)
-    schema = get_schema(label_schema) if label_schema else case.schema
-    inputs = {Path(source.path).resolve() for source in case.images.values()}
-    if Path(output_path).resolve() in inputs:
-        raise ValueError(f"output {output_path} is an input image of case {case.case_id}; choose another output path")
-    return save_label_map(from_model_classes(classes, schema), preprocessed.geometry.reference, output_path, overwrite=overwrite)
+    Raises:
+        FileNotFoundError, ValueError: see :func:`read_cascade_manifest`; an output path that
+            is an input file.
+        CaseError: `input_path` contains no case.
+    """
+    from gliomaseg.data.cases import discover_cases
+    from gliomaseg.data.labels import get_schema
+    from gliomaseg.inference.outputs import output_paths
+    from gliomaseg.inference.predict import CaseResult, PredictionSettings, PredictionSummary, parse_shard
+
+    settings = settings or PredictionSettings()
+    index, count = parse_shard(shard)
+    folder = Path(folder)
+    cascade = load_cascade(folder, device=settings.device)
+    explicit_schema = get_schema(settings.label_schema) if settings.label_schema else None
+    if settings.tta or settings.gaussian or settings.window is not None:
+        log.warning("the UCL-TIG cascade ignores the sliding-window settings (window, Gaussian weighting, mirroring)")
+
+    all_cases = discover_cases(input_path)
+    inputs = {Path(source.path).resolve() for case in all_cases for source in case.images.values()}
+    inputs |= {Path(case.label.path).resolve() for case in all_cases if case.label is not None}
+    output_dir = Path(output_dir)
+    for case in all_cases:
+        for path in output_paths(output_dir, case.case_id).values():
+            if path.resolve() in inputs:
+                raise ValueError(f"output {path} is an input file of a case; choose another output folder")
+    cases = all_cases[index::count]
+    log.info("UCL-TIG cascade: predicting %d of %d cases (shard %d/%d) into %s", len(cases), len(all_cases), index, count, output_dir)
+
+    summary = PredictionSummary()
+    started = time.perf_counter()
+    for case in tqdm(cases, desc="cases", unit="case", disable=not progress):
+        case_started = time.perf_counter()
+        try:
+            result = _write_case(cascade, folder, case, output_dir, explicit_schema or case.schema, settings)
+        except Exception as error:  # a broken case must not stop the cohort
+            log.error("case %s failed: %s", case.case_id, error)
+            result = CaseResult(case.case_id, "failed", reason=f"{type(error).__name__}: {error}")
+            result.seconds = time.perf_counter() - case_started
+        summary.results.append(result)
+    summary.seconds = time.perf_counter() - started
+    log.info("UCL-TIG prediction finished: %s", summary.format().splitlines()[0])
+    return summary

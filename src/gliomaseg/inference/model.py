@@ -62,7 +62,8 @@ class PredictionModel:
 
     def summary(self) -> dict[str, Any]:
         """Return the JSON-serialisable facts about the model that a prediction report records."""
-        model_entry = self.metadata.get("model", {"name": type(self.network).__name__})
+        name = getattr(self.network, "model_name", "") or type(self.network).__name__
+        model_entry = self.metadata.get("model", {"name": name})
         return {
             "path": str(self.checkpoint) if self.checkpoint is not None else None,
             "model": model_entry.get("name"),

@@ -38,7 +38,7 @@ def tumor_volumes_cm3(classes: np.ndarray, voxel_mm3: float) -> dict[str, float]
     """Return the volume in cm3 of whole tumor, tumor core and enhancing tumor.
 
     Args:
-        classes: model classes 0-3 on any grid of the case (the crop holds every tumor voxel).
+        classes: model classes 0-3 on any grid of the case (the brain crop contains every tumor voxel).
         voxel_mm3: volume of one voxel in mm3.
     """
     masks = region_masks_from_classes(classes)
@@ -69,8 +69,8 @@ def save_probabilities(probabilities: np.ndarray, geometry: CaseGeometry, path: 
             (background, necrotic/non-enhancing core, edema, enhancing tumor).
         geometry: the case's geometry; voxels outside the brain crop get background 1.
 
-    NIfTI-1 has no float16 data type, so the file is float32; gzip makes it small because
-    every voxel outside the brain crop holds the same values.
+    NIfTI-1 has no float16 data type, so the file is float32. Gzip makes it small because
+    every voxel outside the brain crop has the same values.
     """
     channels = [geometry.restore(probabilities[k], fill=1.0 if k == 0 else 0.0) for k in range(probabilities.shape[0])]
     stacked = np.stack(channels, axis=-1).astype(np.float32, copy=False)

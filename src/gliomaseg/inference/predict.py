@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PredictionSettings:
-    """How cases are predicted; the defaults follow Wacker et al. (steps 32 in-plane, 24 in depth).
+    """Settings of a prediction run; the defaults follow Wacker et al. (steps 32 in-plane, 24 in depth).
 
     Attributes:
         step: in-plane distance between window starts, in voxels.
@@ -399,7 +399,7 @@ def predict_cases(
         The PredictionSummary of this process's cases.
 
     Raises:
-        CaseError: `input_path` holds no case.
+        CaseError: `input_path` contains no case.
         ValueError: invalid settings or label schema, or an output path would be an input file.
         FileNotFoundError, CheckpointError, ModelInputError: the checkpoint cannot be used.
     """

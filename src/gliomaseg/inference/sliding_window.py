@@ -300,8 +300,8 @@ def estimate_window_bytes(
 
     Runs the model once on a depth-1 slab of the window and adds up the outputs of every leaf
     module (hooks on `model` where it is an nn.Module), then scales by the window depth. The
-    sum counts every activation as alive at once, so it is an upper bound for networks whose
-    activations are freed as they go; callers use it to choose how many windows to batch.
+    sum counts every activation as alive at once, so it overestimates networks that free
+    activations as they go. Callers use it to choose how many windows to batch.
     """
     device = resolve_device(device)
     window = tuple(int(w) for w in window)
