@@ -13,6 +13,7 @@ from gliomaseg.data.synthetic import make_synthetic_case
 from gliomaseg.inference.cascade import (
     UclTigCascade,
     bounding_box,
+    class_probabilities,
     expand_box,
     fuse_views,
     paste,
@@ -230,6 +231,18 @@ def test_cascade_recovers_regions(region_image) -> None:
     assert np.array_equal(result.classes == CORE, regions["core"] & ~regions["enhancing"])
     assert np.array_equal(result.classes == ENHANCING, regions["enhancing"])
     assert result.classes.dtype == np.uint8
+
+
+def test_class_probabilities_are_nested_and_sum_to_one(region_image) -> None:
+    image, regions = region_image
+
+    result = threshold_cascade(views=("axial",)).predict(image)
+    probabilities = class_probabilities(result)
+
+    assert probabilities.shape == (4, *image.shape[1:])
+    assert np.allclose(probabilities.sum(0), 1, atol=1e-6)
+    assert np.array_equal(probabilities.argmax(0) == ENHANCING, regions["enhancing"])
+    assert np.array_equal(probabilities.argmax(0) > 0, regions["whole"])
 
 
 def test_cascade_crops_contain_previous_stage_mask(region_image) -> None:

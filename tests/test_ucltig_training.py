@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,13 @@ from gliomaseg.data.cases import discover_cases
 from gliomaseg.data.labels import CORE, EDEMA, ENHANCING
 from gliomaseg.data.preprocessing import preprocess_case
 from gliomaseg.data.synthetic import make_synthetic_dataset
-from gliomaseg.inference.cascade import CASCADE_FILE, is_cascade_checkpoint, load_cascade, predict_case
+from gliomaseg.inference.cascade import (
+    CASCADE_FILE,
+    is_cascade_checkpoint,
+    load_cascade,
+    predict_case,
+    predict_cases_with_cascade,
+)
 from gliomaseg.models.ucltig import UclTigNet
 from gliomaseg.training.config import merge
 from gliomaseg.training.datasets import split_cases
@@ -270,6 +277,33 @@ def test_train_from_config_splits_by_patient_and_predicts(dataset, tmp_path) -> 
     classes, _, preprocessed = predict_case(tmp_path / "run", case)
     assert classes.shape == preprocessed.geometry.file_shape
     assert set(np.unique(classes)) <= {0, 1, 2, 3}
+
+
+def test_predict_cases_with_cascade_writes_outputs(dataset, tmp_path) -> None:
+    from gliomaseg.data.io import load_volume
+    from gliomaseg.inference.predict import PredictionSettings
+
+    config = tiny_config(data={"dataset": str(dataset)}, cascade={"views": ["axial"]})
+    train_cascade_from_config(config, tmp_path / "run", progress=False)
+    settings = PredictionSettings(device="cpu", save_probabilities=True)
+
+    summary = predict_cases_with_cascade(tmp_path / "run", dataset, tmp_path / "out", settings, progress=False)
+    again = predict_cases_with_cascade(tmp_path / "run", dataset, tmp_path / "out", settings, progress=False)
+
+    assert len(summary.done) == 3
+    assert summary.ok
+    assert len(again.skipped) == 3
+    case = discover_cases(dataset)[0]
+    written = load_volume(tmp_path / "out" / f"{case.case_id}.nii.gz")
+    reference = load_volume(case.images["flair"].path)
+    assert written.shape == reference.shape
+    assert np.allclose(written.affine, reference.affine)
+    assert set(np.unique(written.array)) <= {0, 1, 2, 4}
+    probabilities = np.asarray(nibabel.load(tmp_path / "out" / f"{case.case_id}_probabilities.nii.gz").dataobj)
+    assert probabilities.shape == (*reference.shape, 4)
+    assert np.allclose(probabilities.sum(-1), 1, atol=1e-5)
+    report = json.loads((tmp_path / "out" / f"{case.case_id}.json").read_text())
+    assert report["checkpoint"]["model"] == "ucltig"
 
 
 def test_train_from_config_rejects_missing_dataset(tmp_path) -> None:
