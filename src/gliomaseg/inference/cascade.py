@@ -5,9 +5,9 @@ averages their softmax probabilities (view fusion). The steps, on a preprocessed
 canonical (D, H, W) grid of :func:`gliomaseg.data.preprocessing.preprocess_case`:
 
 1. WNet on the whole brain crop gives the whole tumor (WT), restricted to the brain mask.
-   Post-processing: a binary closing (18-connectivity) of the WT mask, then its connected
-   components; the largest is kept with every other component above ``min_whole_tumor_voxels``
-   (2000, as in the authors' code), and WT becomes the WNet mask inside the kept components.
+   Connected components are found after a binary closing (18-connectivity). The largest is
+   kept with every other component above ``min_whole_tumor_voxels`` (2000, as in the authors'
+   code), and WT becomes the WNet mask inside the kept components.
 2. TNet on the bounding box of WT plus ``margin`` voxels (5) gives the tumor core (TC),
    restricted to WT. Post-processing: closing, then the largest component, plus the second
    largest where it has more than a tenth of the largest's voxels.
@@ -190,10 +190,10 @@ def predict_view_probabilities(
 ) -> torch.Tensor:
     """Predict the class probabilities of one view's network over a whole (C, D, H, W) crop.
 
-    The crop is permuted into the view's axes, zero-padded by 4 slices on each side of the
-    slice axis and in-plane up to `min_in_plane` and a multiple of the network's
-    ``in_plane_multiple``, and cut into slabs of `slab_slices` slices whose central
-    ``slab_slices - 8`` output slices are stitched. Overlapping outputs are averaged.
+    The crop is permuted into the view's axes and zero-padded: by 4 slices on each side of the
+    slice axis, and in-plane up to `min_in_plane` and a multiple of the network's
+    ``in_plane_multiple``. Slabs of `slab_slices` slices each give their central
+    ``slab_slices - 8`` output slices, and overlapping outputs are averaged.
 
     Args:
         network: a UCL-TIG network; it is put in eval mode.
@@ -419,7 +419,7 @@ def read_cascade_manifest(folder: str | Path) -> dict[str, Any]:
     """
     path = Path(folder) / CASCADE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; a UCL-TIG checkpoint folder holds cascade.json and one .safetensors file per network")
+        raise FileNotFoundError(f"{path} not found; a UCL-TIG checkpoint folder contains cascade.json and one .safetensors file per network")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:

@@ -7,9 +7,9 @@ Every (stage, view) network is trained separately, as in the authors' code (GitH
   core and enhancing tumor), ENet the enhancing tumor;
 - patches of 19 x 144 x 144 (WNet), 19 x 96 x 96 (TNet), 19 x 64 x 64 (ENet) voxels in the
   view's axes (slices, rows, columns), whose central 11 slices are predicted and scored;
-- sampling region: the whole brain crop for WNet; for TNet and ENet the bounding box of the
-  reference whole tumor (TNet) or tumor core (ENet) plus a margin, so the networks learn the
-  inside of the previous stage's crop. Patch centres are uniform along the slice axis (a patch
+- sampling region: the whole brain crop for WNet. TNet samples inside the reference whole
+  tumor's bounding box plus a margin, and ENet inside the reference tumor core's, so they
+  learn what the previous stage's crop contains. Patch centres are uniform along the slice axis (a patch
   may reach past the region, zero-filled), and in-plane the patch lies inside the region where
   the region is larger, else it is centred on it. A batch whose targets are all background is
   drawn again;
