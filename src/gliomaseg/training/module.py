@@ -92,6 +92,8 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         image, label = self._inputs(batch)
+        # NOTE: under DDP the Dice sums run over this process's share of the batch only, so the
+        # loss differs from the single-process batch-global loss of the same global batch.
         loss = self.loss(self.model(image), label)
         value = float(loss.detach())
         if not math.isfinite(value):
