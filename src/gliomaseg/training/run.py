@@ -186,6 +186,9 @@ def train(
     """
     rank = _process_rank()
     resolved, name = _load_config(config, overrides, output_dir, resume)
+    # The network is built first, so a failed weight download leaves no half-made run folder.
+    L.seed_everything(int(resolved["seed"]), workers=False, verbose=False)
+    model = _build_model(resolved)
     run_dir = _prepare_run_dir(output_dir, name, resume, overwrite, rank)
     training = resolved["training"]
 
@@ -214,8 +217,6 @@ def train(
         (run_dir / SPLIT_FILE).write_text(json.dumps(split.to_json(), indent=2))
     log.info("Run folder %s: %d training and %d validation cases", run_dir, len(split.train), len(split.validation))
 
-    L.seed_everything(int(resolved["seed"]), workers=False, verbose=False)
-    model = _build_model(resolved)
     optimizer_state = None
     if resume_state is not None:
         model.load_state_dict(load_file(run_dir / LAST_CHECKPOINT), strict=True)
