@@ -262,6 +262,17 @@ def test_train_cascade_adds_named_network_to_existing_folder(cases, tmp_path) ->
     assert manifest["networks"]["wnet"] == {"axial": "wnet_axial.safetensors"}
 
 
+def test_train_cascade_resume_skips_trained_networks(cases, tmp_path) -> None:
+    first = train_cascade(cases, tmp_path, tiny_config(cascade={"stages": ["wnet"], "views": ["axial"]}), progress=False)
+    written = (tmp_path / "wnet_axial.safetensors").stat().st_mtime_ns
+
+    manifest = train_cascade(cases, tmp_path, tiny_config(cascade={"views": ["axial"]}), resume=True, progress=False)
+
+    assert (tmp_path / "wnet_axial.safetensors").stat().st_mtime_ns == written
+    assert manifest["history"]["wnet_axial"] == json.loads(json.dumps(first["history"]["wnet_axial"]))
+    assert sorted(manifest["networks"]) == ["enet", "tnet", "wnet"]
+
+
 def test_train_from_config_splits_by_patient_and_predicts(dataset, tmp_path) -> None:
     config = tiny_config(data={"dataset": str(dataset), "validation_fraction": 0.34}, cascade={"views": ["axial"]})
 

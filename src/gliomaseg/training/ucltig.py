@@ -333,6 +333,7 @@ def train_cascade(
     *,
     stages: Sequence[str] | None = None,
     views: Sequence[str] | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the cascade's networks on preprocessed cases and write the checkpoint folder.
@@ -343,6 +344,8 @@ def train_cascade(
             cascade.json are kept, and retrained only where `stages`/`views` name them.
         config: a configuration as returned by :func:`load_ucltig_config`.
         stages, views: train only these (default ``config["cascade"]``'s lists).
+        resume: skip networks that the folder's cascade.json already lists and whose file
+            exists, so an interrupted run continues with the next network.
 
     Returns:
         The cascade.json contents written.
@@ -386,6 +389,15 @@ def train_cascade(
 
     jobs = [(stage, view) for stage in stages for view in views]
     log.info("training %d UCL-TIG networks on %d cases (device %s)", len(jobs), len(cases), device)
+    if resume:
+        done = [
+            (stage, view)
+            for stage, view in jobs
+            if (name := manifest["networks"].get(stage, {}).get(view)) and (output_dir / name).is_file()
+        ]
+        if done:
+            log.info("resuming: %s already trained", ", ".join(f"{s} {v}" for s, v in done))
+        jobs = [job for job in jobs if job not in done]
     for number, (stage, view) in enumerate(jobs):
         torch.manual_seed(seed * 1000 + number)
         sampler = PatchSampler(cases, stage, view, patch_sizes[stage], int(cascade_config.get("region_margin", 5)), seed * 1000 + number)
@@ -446,6 +458,7 @@ def train_cascade_from_config(
     overrides: Sequence[str] = (),
     stages: Sequence[str] | None = None,
     views: Sequence[str] | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Discover, split and preprocess the configured dataset, then train the cascade.
@@ -461,6 +474,8 @@ def train_cascade_from_config(
         output_dir: the checkpoint folder.
         overrides: ``key.sub=value`` changes applied on top of `config`.
         stages, views: train only these networks.
+        resume: continue an interrupted run in `output_dir`: its split.json is reused and
+            networks already trained are skipped.
 
     Returns:
         The cascade.json contents written.
@@ -486,8 +501,9 @@ def train_cascade_from_config(
 
     cases = discover_training_cases(config)
     by_id = {case.case_id: case for case in cases}
-    if data.get("split_file"):
-        split = read_split(data["split_file"], list(by_id))
+    split_file = output_dir / "split.json" if resume and (output_dir / "split.json").is_file() else data.get("split_file")
+    if split_file:
+        split = read_split(split_file, list(by_id))
     else:
         split = split_cases(list(by_id), float(data.get("validation_fraction", 0.2)), int(config.get("seed", 0)))
     _write_json_atomic(output_dir / "split.json", split.to_json())
@@ -499,4 +515,4 @@ def train_cascade_from_config(
         for case_id in tqdm(split.train, desc="preprocessing", unit="case", disable=not progress)
     ]
     log.info("preprocessed %d training cases in %.0f s (%d held out)", len(preprocessed), time.perf_counter() - started, len(split.validation))
-    return train_cascade(preprocessed, output_dir, config, stages=stages, views=views, progress=progress)
+    return train_cascade(preprocessed, output_dir, config, stages=stages, views=views, resume=resume, progress=progress)
