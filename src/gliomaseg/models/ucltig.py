@@ -20,10 +20,10 @@ is the slice axis of the network's view:
 - batch norm and per-channel PReLU (slope initialised to 0) after every convolution except
   the final one; no biases.
 
-:class:`UclTigNet` wraps an MSNet for one view: it takes (N, C, D, H, W) in the canonical
-axial grid of :func:`gliomaseg.data.preprocessing.preprocess_case` (D inferior-superior,
-H posterior-anterior, W left-right), permutes it so the view's slice axis is depth, and
-returns logits in the canonical grid with that axis shortened by 8 (4 slices each side).
+:class:`UclTigNet` wraps an MSNet for one view. It takes (N, C, D, H, W) in the canonical
+grid of :func:`gliomaseg.data.preprocessing.preprocess_case` (D inferior-superior,
+H posterior-anterior, W left-right) and permutes it so the view's slice axis is depth. The
+logits come back in the canonical grid, with that axis shortened by 8 (4 slices each side).
 """
 
 from __future__ import annotations
