@@ -153,7 +153,7 @@ def render_markdown(record: dict) -> str:
         f"{record['threads']} torch threads, CPU only (no GPU on this machine).",
         f"Case: {record['case']} (cropped to the brain: {record['cropped_shape']} voxels D x H x W).",
         "Weights: " + ("checkpoint " + record["checkpoint"] if record["checkpoint"] else "random (speed does not depend on training)") + ".",
-        "",
+        *(["", record["note"], ""] if record.get("note") else [""]),
         f"NOTE: the 2 CPU cores were shared with other engineers' jobs while measuring (load average "
         f"{record['load_before']} before, {record['load_after']} after), so times are noisy and likely pessimistic.",
         "",
@@ -248,6 +248,7 @@ def main() -> int:
     parser.add_argument("--max-memory-gb", type=float, default=2.0)
     parser.add_argument("--output", default=str(RECORDS / "inference_speed"), help="record path without suffix")
     parser.add_argument("--render", action="store_true", help="rewrite the Markdown record from the JSON record only")
+    parser.add_argument("--note", default=None, help="a sentence about the run (for example where the checkpoint came from)")
     parser.add_argument("--single-model", help=argparse.SUPPRESS)
     parser.add_argument("--single-config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -258,6 +259,8 @@ def main() -> int:
     output = Path(args.output)
     if args.render:
         record = json.loads(output.with_suffix(".json").read_text())
+        if args.note:
+            record["note"] = args.note
         record["targets"] = check_targets(record["runs"], record["conv_gflops"]["bf16"])
         record["dice_note"] = dice_note(record["runs"], record["checkpoint"])
         output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
@@ -312,6 +315,7 @@ def main() -> int:
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
         "runs": runs,
+        "note": args.note,
     }
     record["targets"] = check_targets(runs, rates["bf16"])
     record["dice_note"] = dice_note(runs, args.checkpoint)
