@@ -4,7 +4,7 @@ Each (model, configuration) runs in its own Python process, so the peak resident
 (ru_maxrss) is that run's peak memory, numpy and torch together. Weights are random
 (speed does not depend on training) unless --checkpoint is given; with a checkpoint and
 cases with reference label maps, the script also reports Dice per region of every
-configuration and its difference to the paper configuration.
+configuration and its difference to the "paper" configuration (the window steps of Wacker et al.).
 
 The FLOP count of a case is counted with torch.utils.flop_counter on one window and
 multiplied by the number of windows; the machine's convolution rate is measured with a
