@@ -24,10 +24,10 @@ final      depth4                           1x1 conv -> num_classes logits
 =========  ===============================  ==================================
 
 An up-block is 3x3 conv+BN+ReLU, then a 4x4 stride-2 padding-1 transposed convolution
-and ReLU. Depth layers exist only in AlbuNet3D (the 2D network disables them, as the
-paper describes); in-plane kernels k x k are 1 x k x k in AlbuNet3D. Other encoders
-change only the encoder channel counts. The stem max pooling of ResNet encoders is
-2x2 with stride 2 instead of 3x3.
+and ReLU. Depth layers exist only in AlbuNet3D, because the paper's 2D network disables
+them. In AlbuNet3D, in-plane kernels k x k become 1 x k x k. Other encoders change only
+the encoder channel counts. The stem max pooling of ResNet encoders is 2x2 with
+stride 2 instead of 3x3.
 """
 
 from __future__ import annotations
@@ -233,7 +233,11 @@ class AlbuNet(nn.Module):
 
 @register_model("albunet2d")
 class AlbuNet2D(AlbuNet):
-    """AlbuNet for (N, C, H, W) slices.
+    """AlbuNet for (N, C, H, W) slices, without depth layers as the paper describes it.
+
+    The authors' code trained its "2D" model as AlbuNet3D on 1-slice patches, where the
+    depth layers act as 1x1 conv + BN + ReLU layers; ``AlbuNet3D`` fed (N, C, 1, H, W)
+    patches reproduces that variant.
 
     Args:
         encoder: encoder name (see :func:`gliomaseg.models.list_encoders`); default
@@ -277,9 +281,9 @@ class AlbuNet3D(AlbuNet):
     Arguments as :class:`AlbuNet2D`, plus:
 
     Args:
-        depth_layers: which of the four 3x1x1 depth layers (1 after the encoder's
-            stride-32 output, 2 after ``dec4``, 3 after ``dec2``, 4 after ``dec0``) are
-            built; all four by default, ``()`` for none.
+        depth_layers: the 3x1x1 depth layers to build, by number: 1 after the
+            encoder's stride-32 output, 2 after ``dec4``, 3 after ``dec2``, 4 after
+            ``dec0``. All four by default, ``()`` for none.
         encoder_conv_bias: give the converted encoder convolutions a bias, as the
             published code does (8,512 extra parameters for ResNet34). Off by default.
     """

@@ -249,10 +249,10 @@ def load_checkpoint(
         path: a file written by :func:`save_checkpoint`.
         map_location: device for the weights, e.g. ``"cpu"`` or ``"cuda:0"``.
         expected: properties the checkpoint must have, for example
-            ``{"channels": ["flair", "t1c", "t2"], "model": "albunet3d"}``. Keys are
-            metadata keys (``channels``, ``label_schema``, ``patch_size``, ...) or model
-            parameters (``encoder``, ``in_channels``, ...); ``model`` is a registry name
-            or a dict of ``name`` and parameters.
+            ``{"channels": ["flair", "t1c", "t2"], "model": "albunet3d"}``. A key is a
+            metadata key (``channels``, ``label_schema``, ``patch_size``, ...) or a model
+            parameter (``encoder``, ``in_channels``, ...). The value of ``model`` is a
+            registry name or a dict of ``name`` and parameters.
 
     Returns:
         ``(model, metadata)``.
