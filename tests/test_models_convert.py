@@ -201,3 +201,25 @@ def test_inflate_state_dict_rejects_other_shapes():
 
     with pytest.raises(ValueError, match="weight: shape"):
         inflate_state_dict(nn.Conv2d(3, 5, 3).state_dict(), target)
+
+
+def test_convert_added_bias_uses_pytorch_initialisation_bound():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, bias=False)
+
+    bias = convert_to_pseudo3d(conv, add_conv_bias=True).bias
+
+    bound = 1 / (8 * 3 * 3) ** 0.5
+    assert bias.abs().max().item() <= bound
+    assert bias.std().item() > bound / 4  # uniform in +-bound, not zeros
+
+
+def test_convert_inplace_shares_weight_storage():
+    network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    storage = network[0].weight.data_ptr()
+
+    converted = convert_to_pseudo3d(network, inplace=True)
+
+    assert converted is network
+    assert isinstance(converted[0], nn.Conv3d)
+    assert converted[0].weight.data_ptr() == storage
