@@ -138,10 +138,12 @@ def _load_config(config: str | Path | Mapping[str, Any], overrides, run_dir: str
     return resolve_config(config, overrides)
 
 
-def _build_model(config: Mapping[str, Any]) -> torch.nn.Module:
+def _build_model(config: Mapping[str, Any], resume: bool = False) -> torch.nn.Module:
     params = dict(config["model"]["params"])
     params.setdefault("in_channels", len(config["data"]["channels"]))
-    if params.get("encoder_weights") is None:
+    # A resumed run loads every weight from its last checkpoint, so the encoder's initial
+    # weights are neither downloaded nor read.
+    if resume or params.get("encoder_weights") is None:
         params["encoder_weights"] = "none"
     return build_model(config["model"]["name"], **params)
 
@@ -188,7 +190,7 @@ def train(
     resolved, name = _load_config(config, overrides, output_dir, resume)
     # The network is built first, so a failed weight download leaves no half-made run folder.
     L.seed_everything(int(resolved["seed"]), workers=False, verbose=False)
-    model = _build_model(resolved)
+    model = _build_model(resolved, resume=resume)
     run_dir = _prepare_run_dir(output_dir, name, resume, overwrite, rank)
     training = resolved["training"]
 
