@@ -18,6 +18,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,6 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "walkthrough.md"
 
 # Appended to every `gliomaseg train` command of the page: a run of seconds, not hours.
 TINY_TRAINING = [
-    "patches.batch_size=4",
     "training.epochs=1",
     "training.batches_per_epoch=2",
     "training.num_workers=0",
@@ -40,7 +40,10 @@ TINY_TRAINING = [
     "training.progress_bar=false",
     "validation.patches=2",
 ]
-TINY_PATCH = {"albunet2d": "patches.size=[1,32,32]", "albunet3d": "patches.size=[4,32,32]"}
+TINY_PATCHES = {
+    "albunet2d": ["patches.size=[1,32,32]", "patches.batch_size=4"],
+    "albunet3d": ["patches.size=[2,32,32]", "patches.batch_size=2"],
+}
 SHIPPED_VARIANTS = {"albunet2d_scratch", "albunet2d_imagenet", "albunet3d_scratch", "albunet3d_imagenet"}
 
 SHAPE = (48, 48, 32)
@@ -85,7 +88,7 @@ def gliomaseg_arguments(command: str) -> list[str] | None:
 def with_tiny_training(arguments: list[str]) -> list[str]:
     config = arguments[1]
     model = "albunet3d" if "3d" in config else "albunet2d"
-    extra = [TINY_PATCH[model], *TINY_TRAINING]
+    extra = [*TINY_PATCHES[model], *TINY_TRAINING]
     return [*arguments, *(item for value in extra for item in ("--set", value))]
 
 
@@ -165,6 +168,7 @@ class CommandRun:
     command: str
     status: int
     output: str
+    seconds: float = 0.0
 
 
 def run_command(command: str, root: Path, environment: dict[str, str]) -> CommandRun:
@@ -208,7 +212,9 @@ def walkthrough(commands, tmp_path_factory) -> Walkthrough:
             for name, make in EXTERNAL_TOOLS.items():
                 if name in command and not (root / name).exists():
                     make(root)
+            start = time.perf_counter()
             runs.append(run_command(command, root, environment))
+            runs[-1].seconds = time.perf_counter() - start
             if runs[-1].status != 0:
                 break
     return Walkthrough(root, torch_home, runs)
