@@ -80,7 +80,7 @@ def run_demo(
     model: str = "albunet2d",
     cases: int = 16,
     test_cases: int = 4,
-    minutes: float = 4.0,
+    minutes: float = 6.0,
     seed: int = 0,
     encoder_weights: str | None = None,
     overwrite: bool = False,
