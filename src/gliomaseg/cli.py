@@ -387,7 +387,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", choices=("albunet2d", "albunet3d"), default="albunet2d", help="network to train (default: %(default)s)")
     p.add_argument("--cases", type=int, default=16, help="synthetic training cases (default: %(default)s)")
     p.add_argument("--test-cases", type=int, default=4, help="held-out synthetic cases to segment (default: %(default)s)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time budget in minutes (default: %(default)s)")
+    p.add_argument("--minutes", type=float, default=6.0, help="training time budget in minutes (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of cohort, split, sampling and initialisation (default: %(default)s)")
     p.add_argument(
         "--encoder-weights",
