@@ -369,3 +369,32 @@ def test_predict_case_substitutes_missing_t1(tmp_path) -> None:
 
     assert np.array_equal(preprocessed.image[1], preprocessed.image[2])
     assert classes.shape == preprocessed.geometry.file_shape
+
+
+@pytest.mark.realdata
+def test_predict_case_on_real_brats_case_maps_back_exactly() -> None:
+    from pathlib import Path
+
+    from gliomaseg.data.io import load_volume
+
+    folder = Path(__file__).parents[1] / ".." / "shared" / "data" / "deepbrainseg_brats2018" / "brats" / "Brats18_2013_23_1"
+    if not folder.is_dir():
+        pytest.skip(f"real BraTS 2018 case not available at {folder}")
+    case = discover_cases(folder)[0]
+    # Channel 0 (z-scored FLAIR) above 1.5 is a stand-in whole tumor; edema is bright in FLAIR.
+    networks = {stage: {"axial": threshold_network(stage, "axial", 0)} for stage in STAGES}
+    for stage in STAGES:
+        networks[stage]["axial"].net.threshold = 1.5
+    cascade = UclTigCascade(networks, channels=("flair", "t1", "t1c", "t2"))
+
+    classes, result, preprocessed = predict_case(cascade, case)
+
+    geometry = preprocessed.geometry
+    flair = load_volume(case.images["flair"].path)
+    assert classes.shape == flair.shape
+    assert np.array_equal(geometry.crop(geometry.to_canonical(classes)), result.classes)
+    assert int(np.count_nonzero(classes)) == int(np.count_nonzero(result.classes))
+    assert result.whole_tumor.any()
+    inside = np.zeros(result.whole_tumor.shape, dtype=bool)
+    inside[result.tnet_box] = True
+    assert not np.any(result.whole_tumor & ~inside)
