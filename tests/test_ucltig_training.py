@@ -283,6 +283,7 @@ def test_train_from_config_splits_by_patient_and_predicts(dataset, tmp_path) -> 
     assert split == expected.to_json()
     assert len(split["validation"]) == 1
     assert manifest["training_cases"] == split["train"]
+    assert load_ucltig_config(tmp_path / "run" / "config.yaml") == config
 
     case = next(c for c in discover_cases(dataset) if c.case_id == split["validation"][0])
     classes, _, preprocessed = predict_case(tmp_path / "run", case)

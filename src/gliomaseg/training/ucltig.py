@@ -48,7 +48,7 @@ from gliomaseg.inference.cascade import CASCADE_FILE, CASCADE_FORMAT, bounding_b
 from gliomaseg.inference.sliding_window import resolve_device
 from gliomaseg.models.checkpoint import save_checkpoint
 from gliomaseg.models.ucltig import DEFAULT_PATCH_SIZES, DEPTH_MARGIN, STAGES, VIEWS, UclTigNet, to_view
-from gliomaseg.training.config import merge, parse_overrides, read_config_source
+from gliomaseg.training.config import dump_config, merge, parse_overrides, read_config_source
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -466,8 +466,8 @@ def train_cascade_from_config(
     The patient-level split is that of AlbuNet training
     (:func:`gliomaseg.training.datasets.split_cases` with ``data.validation_fraction`` and
     ``seed``, or an earlier run's ``data.split_file``), so both models can be compared on the
-    same held-out cases. It is written to ``output_dir/split.json``; only the training cases
-    are trained on.
+    same held-out cases. It is written to ``output_dir/split.json``, the resolved configuration
+    to ``output_dir/config.yaml``, and only the training cases are trained on.
 
     Args:
         config: a configuration dict (merged onto the shipped defaults) or a YAML path.
@@ -507,6 +507,7 @@ def train_cascade_from_config(
     else:
         split = split_cases(list(by_id), float(data.get("validation_fraction", 0.2)), int(config.get("seed", 0)))
     _write_json_atomic(output_dir / "split.json", split.to_json())
+    dump_config(config, output_dir / "config.yaml")
 
     started = time.perf_counter()
     substitute = dict(data.get("substitute") or {}) or None
