@@ -95,10 +95,10 @@ def score_case(cascade, case) -> dict:
     from gliomaseg.data.io import load_volume
     from gliomaseg.data.labels import region_masks, region_masks_from_classes
     from gliomaseg.evaluation.metrics import dice
-    from gliomaseg.inference.cascade import predict_case
+    from gliomaseg.inference.cascade import predict_case_with_cascade
 
     started = time.perf_counter()
-    classes, result, _ = predict_case(cascade, case)
+    classes, result, _ = predict_case_with_cascade(cascade, case)
     seconds = time.perf_counter() - started
     predicted = region_masks_from_classes(classes)
     reference = region_masks(load_volume(case.label_path).array, case.schema)

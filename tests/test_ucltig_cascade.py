@@ -17,7 +17,7 @@ from gliomaseg.inference.cascade import (
     expand_box,
     fuse_views,
     paste,
-    predict_case,
+    predict_case_with_cascade,
     predict_view_probabilities,
     select_components,
 )
@@ -348,7 +348,7 @@ def test_predict_case_maps_back_to_file_grid(tmp_path) -> None:
     case = discover_cases(tmp_path)[0]
     cascade = threshold_cascade(views=("axial",), channels=("flair", "t1", "t1c", "t2"), min_whole_tumor_voxels=0)
 
-    classes, result, preprocessed = predict_case(cascade, case)
+    classes, result, preprocessed = predict_case_with_cascade(cascade, case)
 
     geometry = preprocessed.geometry
     assert classes.shape == geometry.file_shape
@@ -365,7 +365,7 @@ def test_predict_case_substitutes_missing_t1(tmp_path) -> None:
     case = discover_cases(tmp_path)[0]
     cascade = threshold_cascade(views=("axial",), substitute={"t1": "t1c"})
 
-    classes, _, preprocessed = predict_case(cascade, case)
+    classes, _, preprocessed = predict_case_with_cascade(cascade, case)
 
     assert np.array_equal(preprocessed.image[1], preprocessed.image[2])
     assert classes.shape == preprocessed.geometry.file_shape
@@ -387,7 +387,7 @@ def test_predict_case_on_real_brats_case_maps_back_exactly() -> None:
         networks[stage]["axial"].net.threshold = 1.5
     cascade = UclTigCascade(networks, channels=("flair", "t1", "t1c", "t2"))
 
-    classes, result, preprocessed = predict_case(cascade, case)
+    classes, result, preprocessed = predict_case_with_cascade(cascade, case)
 
     geometry = preprocessed.geometry
     flair = load_volume(case.images["flair"].path)

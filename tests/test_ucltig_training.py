@@ -17,7 +17,7 @@ from gliomaseg.inference.cascade import (
     CASCADE_FILE,
     is_cascade_checkpoint,
     load_cascade,
-    predict_case,
+    predict_case_with_cascade,
     predict_cases_with_cascade,
 )
 from gliomaseg.models.ucltig import UclTigNet
@@ -286,7 +286,7 @@ def test_train_from_config_splits_by_patient_and_predicts(dataset, tmp_path) -> 
     assert load_ucltig_config(tmp_path / "run" / "config.yaml") == config
 
     case = next(c for c in discover_cases(dataset) if c.case_id == split["validation"][0])
-    classes, _, preprocessed = predict_case(tmp_path / "run", case)
+    classes, _, preprocessed = predict_case_with_cascade(tmp_path / "run", case)
     assert classes.shape == preprocessed.geometry.file_shape
     assert set(np.unique(classes)) <= {0, 1, 2, 3}
 

@@ -63,7 +63,7 @@ __all__ = [
     "is_cascade_checkpoint",
     "read_cascade_manifest",
     "load_cascade",
-    "predict_case",
+    "predict_case_with_cascade",
     "class_probabilities",
     "predict_cases_with_cascade",
 ]
@@ -473,7 +473,7 @@ def load_cascade(folder: str | Path, device: str | torch.device | None = "cpu", 
     )
 
 
-def predict_case(
+def predict_case_with_cascade(
     cascade: UclTigCascade | str | Path,
     case,
     *,
@@ -552,7 +552,7 @@ def _write_case(cascade: UclTigCascade, folder: Path, case, output_dir: Path, sc
         return CaseResult(case.case_id, "skipped", paths["label_map"], reason="output exists (use --overwrite to replace it)")
 
     started = time.perf_counter()
-    classes, result, preprocessed = predict_case(cascade, case, substitute=settings.substitute or None)
+    classes, result, preprocessed = predict_case_with_cascade(cascade, case, substitute=settings.substitute or None)
     geometry = preprocessed.geometry
     voxel_mm3 = voxel_volume_mm3(geometry.reference.affine)
     volumes = tumor_volumes_cm3(result.classes, voxel_mm3)
