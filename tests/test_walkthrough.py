@@ -3,7 +3,7 @@
 The commands come from the page's ```bash blocks, so the page and this test cannot drift
 apart. `gliomaseg` commands run in this process through `gliomaseg.cli.main`; each
 `gliomaseg train` command gets the `TINY_TRAINING` overrides appended. Every other command
-runs unchanged in bash. Files that the page asks the user to make with another tool
+runs unchanged in bash. Files that the page tells the user to make with another tool
 (the brain mask) are written by `EXTERNAL_TOOLS` just before the first command that
 names them.
 """
@@ -311,7 +311,7 @@ def test_comparison_table_lists_four_methods(walkthrough):
 
 
 @pytest.mark.slow
-def test_upload_holds_only_label_maps(walkthrough):
+def test_upload_contains_only_label_maps(walkthrough):
     root = walkthrough.root
     uploaded = sorted(p.name for p in (root / "upload" / "albunet3d_imagenet").iterdir())
     assert uploaded == [f"{VALIDATION_CASE}.nii.gz"]
