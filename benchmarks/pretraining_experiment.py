@@ -59,11 +59,19 @@ CURVE_COLUMNS = {
     "enhancing_tumor": "val_dice_enhancing_tumor",
     "val_loss": "val_loss",
 }
-# Patch size (D, H, W) and batch size per model, sized for a CPU. Wacker et al. used
-# 1x128x128 with batch 64 (2D) and 24x128x128 with batch 24 (3D).
-DEFAULT_PATCHES: dict[str, tuple[list[int], int]] = {
-    "albunet2d": ([1, 128, 128], 8),
-    "albunet3d": ([8, 128, 128], 2),
+# Defaults per model, sized so that six runs fit in about an hour on a shared 2-core CPU (an
+# estimate from short runs): budget, patch size (D, H, W), batch size and validation patches.
+# Wacker et al. trained 50 epochs of 100 batches, on 1x128x128 patches in batches of 64 (2D)
+# and 24x128x128 patches in batches of 24 (3D).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "albunet2d": {
+        "epochs": 10, "batches_per_epoch": 20, "patch_size": [1, 128, 128], "batch_size": 8,
+        "validation_patches": 48, "validation_batch_size": 16,
+    },
+    "albunet3d": {
+        "epochs": 6, "batches_per_epoch": 5, "patch_size": [8, 128, 128], "batch_size": 2,
+        "validation_patches": 12, "validation_batch_size": 4,
+    },
 }
 RESULT_FILE = "result.json"
 
@@ -125,17 +133,14 @@ def link_heldout_cases(data_dir: Path, case_ids: list[str], folder: Path) -> Pat
 
 def training_overrides(args: argparse.Namespace, variant: str, seed: int, split_file: Path) -> dict[str, Any]:
     """Return the dotted-key overrides of one run on top of the shipped `<model>_imagenet` config."""
-    patch_size, batch_size = DEFAULT_PATCHES[args.model]
-    if args.patch_size:
-        patch_size = list(args.patch_size)
     return {
         "seed": seed,
         "data.dataset": str(args.data),
         "data.split_file": str(split_file),
         "model.params.encoder": args.encoder,
         "model.params.encoder_weights": args.encoder_weights if variant == "pretrained" else "none",
-        "patches.size": patch_size,
-        "patches.batch_size": args.batch_size or batch_size,
+        "patches.size": list(args.patch_size),
+        "patches.batch_size": args.batch_size,
         "patches.tumor_fraction": args.tumor_fraction,
         "training.epochs": args.epochs,
         "training.batches_per_epoch": args.batches_per_epoch,
@@ -406,7 +411,7 @@ def render_markdown(record: dict[str, Any]) -> str:
         + ".",
         f"- Configuration: the shipped `{settings['model']}_imagenet` with these overrides: "
         f"`{' '.join(f'{k}={v}' for k, v in settings['common_overrides'].items())}`.",
-        f"- Budget per run: {budget['epochs']} epochs x {budget['batches_per_epoch']} batches = {budget['steps']} steps of "
+        f"- Budget per run: {budget['steps']} steps ({budget['epochs']} epochs of {budget['batches_per_epoch']} batches) of "
         f"{budget['batch_size']} patches of {'x'.join(map(str, budget['patch_size']))} voxels"
         + (f", stopped earlier if a further epoch would pass {budget['minutes']} min" if budget["minutes"] else "")
         + f". Steps reached: {budget['steps_reached']}.",
@@ -551,20 +556,20 @@ def decoder_starts_shared(model: str, encoder: str, weights: str, seed: int = 0)
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder of labelled BraTS cases")
-    parser.add_argument("--model", choices=sorted(DEFAULT_PATCHES), default="albunet2d", help="network to train")
+    parser.add_argument("--model", choices=sorted(MODEL_DEFAULTS), default="albunet2d", help="network to train")
     parser.add_argument("--encoder", default="efficientnet-lite0", help="encoder name (see gliomaseg.models.list_encoders)")
     parser.add_argument("--encoder-weights", default="imagenet", help="weights of the pretrained variant: imagenet or a state-dict file")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds; each is run once per variant")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs per run")
-    parser.add_argument("--batches-per-epoch", type=int, default=10, help="training steps per epoch")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 10 for 2D, 6 for 3D)")
+    parser.add_argument("--batches-per-epoch", type=int, default=None, help="training steps per epoch (default 20 for 2D, 5 for 3D)")
     parser.add_argument("--batch-size", type=int, default=None, help="patches per step (default 8 for 2D, 2 for 3D)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("D", "H", "W"), help="patch size in voxels (default 1 128 128 for 2D, 8 128 128 for 3D)")
     parser.add_argument("--tumor-fraction", type=float, default=0.5, help="share of training patches centred on a tumor voxel (Wacker et al.: 0)")
     parser.add_argument("--minutes", type=float, default=None, help="optional time limit per run in minutes; runs stopped by it have unequal budgets")
     parser.add_argument("--precision", default="auto", help="training.precision (auto: bf16-mixed on CPU)")
     parser.add_argument("--num-workers", type=int, default=1, help="data-loading worker processes per run")
-    parser.add_argument("--validation-patches", type=int, default=48, help="fixed validation patches per epoch")
-    parser.add_argument("--validation-batch-size", type=int, default=16, help="patches per validation forward pass")
+    parser.add_argument("--validation-patches", type=int, default=None, help="fixed validation patches per epoch (default 48 for 2D, 12 for 3D)")
+    parser.add_argument("--validation-batch-size", type=int, default=None, help="patches per validation forward pass (default 16 for 2D, 4 for 3D)")
     parser.add_argument("--validation-fraction", type=float, default=0.2, help="share of cases held out")
     parser.add_argument("--split-seed", type=int, default=1, help="seed of the patient-level split")
     parser.add_argument("--predict-step", type=int, default=32, help="in-plane sliding-window step in voxels")
@@ -580,6 +585,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 < args.validation_fraction < 1:
         parser.error(f"--validation-fraction must be in (0, 1), got {args.validation_fraction}")
     args.data = args.data.resolve()
+    for key, value in MODEL_DEFAULTS[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     return args
 
 
