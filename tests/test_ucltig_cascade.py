@@ -343,7 +343,7 @@ def test_cascade_rejects_network_under_wrong_view() -> None:
         UclTigCascade(networks)
 
 
-def test_predict_case_maps_back_to_file_grid(tmp_path) -> None:
+def test_case_maps_back_to_file_grid(tmp_path) -> None:
     make_synthetic_case(tmp_path, "Synth_000", shape=(40, 44, 32), orientation="LPS", seed=4)
     case = discover_cases(tmp_path)[0]
     cascade = threshold_cascade(views=("axial",), channels=("flair", "t1", "t1c", "t2"), min_whole_tumor_voxels=0)
@@ -360,7 +360,7 @@ def test_predict_case_maps_back_to_file_grid(tmp_path) -> None:
     assert result.whole_tumor.any()
 
 
-def test_predict_case_substitutes_missing_t1(tmp_path) -> None:
+def test_case_with_missing_t1_uses_t1c(tmp_path) -> None:
     make_synthetic_case(tmp_path, "Synth_001", shape=(32, 32, 24), modalities=("t1c", "t2", "flair"), seed=5)
     case = discover_cases(tmp_path)[0]
     cascade = threshold_cascade(views=("axial",), substitute={"t1": "t1c"})
@@ -372,7 +372,7 @@ def test_predict_case_substitutes_missing_t1(tmp_path) -> None:
 
 
 @pytest.mark.realdata
-def test_predict_case_on_real_brats_case_maps_back_exactly() -> None:
+def test_real_case_maps_back_exactly() -> None:
     from pathlib import Path
 
     from gliomaseg.data.io import load_volume

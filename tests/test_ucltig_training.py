@@ -180,7 +180,7 @@ def test_dice_loss_matches_reference_formula() -> None:
     assert value.item() == pytest.approx(1 - per_class.mean().item(), abs=1e-5)
 
 
-def test_dice_loss_of_confident_correct_prediction_is_near_zero() -> None:
+def test_dice_loss_near_zero_when_correct() -> None:
     target = torch.zeros(1, 1, 2, 4, 4, dtype=torch.long)
     target[..., :2, :] = 1
     foreground = 20.0 * (2 * target.float() - 1)
