@@ -24,9 +24,14 @@ Runs go to --work-dir (outside the repository); checkpoints stay there. A run wh
 result.json exists with the same settings is not repeated, so running the same command
 again continues an interrupted experiment.
 
+The default budgets give six runs (three seeds, two variants) per model. On a 2-core CPU
+shared with other jobs they take an estimated 20 to 80 min for 2D and about 60 min for 3D,
+depending on the load (estimated from short runs).
+
 Usage:
     .venv/bin/python benchmarks/pretraining_experiment.py --model albunet2d
-    .venv/bin/python benchmarks/pretraining_experiment.py --model albunet3d --seeds 0 1 2
+    .venv/bin/python benchmarks/pretraining_experiment.py --model albunet3d
+    .venv/bin/python benchmarks/pretraining_experiment.py --model albunet2d --epochs 50 --batches-per-epoch 100 --batch-size 64 --tumor-fraction 0
     .venv/bin/python benchmarks/pretraining_experiment.py --encoder resnet34 --encoder-weights /path/to/resnet34-b627a593.pth
     .venv/bin/python benchmarks/pretraining_experiment.py --model albunet2d --report-only
 """
@@ -618,7 +623,7 @@ def run_experiment(args: argparse.Namespace) -> int:
                 continue
             results.append(run_one(args, variant, seed, experiment_dir, split_file, heldout_dir))
     if not results:
-        print(f"no finished runs in {experiment_dir}", file=sys.stderr)
+        print(f"no finished runs in {experiment_dir}; run the command without --report-only first", file=sys.stderr)
         return 1
 
     record = build_record(args, split, results)
