@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from gliomaseg import __version__
@@ -156,9 +157,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from gliomaseg.models.weights import WeightsUnavailableError
     from gliomaseg.training import train
+    from gliomaseg.training.config import read_config_source
+    from gliomaseg.training.ucltig import train_cascade_from_config
 
     if args.resume and args.overwrite:
         raise CommandError("--resume and --overwrite exclude each other")
+    written, name = read_config_source(args.config)
+    if written.get("model", {}).get("name") == "ucltig":
+        output = args.output or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        train_cascade_from_config(args.config, output, overrides=args.overrides or (), resume=args.resume)
+        print(f"checkpoint folder for prediction: {output}")
+        return 0
     try:
         result = train(args.config, overrides=args.overrides, output_dir=args.output, resume=args.resume, overwrite=args.overwrite)
     except WeightsUnavailableError as error:
@@ -180,7 +189,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         description="Segment each case and write OUTPUT/<case_id>.nii.gz (label map in the input's grid and header) "
         "and OUTPUT/<case_id>.json (tumor volumes in cm3, checkpoint, settings, timing). Exit status 1 if a case failed.",
     )
-    p.add_argument("--model", required=True, metavar="CKPT", help="checkpoint file (.safetensors) written by gliomaseg train")
+    p.add_argument("--model", required=True, metavar="CKPT", help="checkpoint file (.safetensors) written by gliomaseg train, or a UCL-TIG checkpoint folder (with cascade.json)")
     p.add_argument("input", help="a case folder, a dataset folder of cases, an MSD Task01 folder or a case manifest")
     p.add_argument("output", help="output folder (created where missing)")
     p.add_argument("--step", type=int, default=32, help="in-plane distance between sliding-window starts, in voxels (default 32)")

@@ -404,6 +404,10 @@ def predict_cases(
         FileNotFoundError, CheckpointError, ModelInputError: the checkpoint cannot be used.
     """
     settings = _settings(settings, options)
+    from gliomaseg.inference.cascade import is_cascade_checkpoint, predict_cases_with_cascade
+
+    if isinstance(model, (str, Path)) and is_cascade_checkpoint(model):
+        return predict_cases_with_cascade(model, input_path, output_dir, settings, shard=shard, progress=progress)
     index, count = parse_shard(shard)
     settings = replace(settings, device=_shard_device(settings.device, count))
     explicit_schema = get_schema(settings.label_schema) if settings.label_schema else None
