@@ -600,17 +600,22 @@ def run_experiment(args: argparse.Namespace) -> int:
     """Run or read every variant and seed, then write the records; return the exit status."""
     from gliomaseg.models.weights import WeightsUnavailableError
 
-    experiment_dir = args.work_dir / f"{args.encoder}_{args.model}"
-    split_file = experiment_dir / "split.json"
-    split = write_split(args.data, args.validation_fraction, args.split_seed, split_file)
-    heldout_dir = link_heldout_cases(args.data, split["validation"], experiment_dir / "heldout")
     shared_start = None
     if not args.report_only:
         try:
             shared_start = decoder_starts_shared(args.model, args.encoder, args.encoder_weights)
         except (WeightsUnavailableError, FileNotFoundError, ValueError) as error:
-            print(f"pretrained weights of {args.encoder} are not available: {error}", file=sys.stderr)
+            print(
+                f"pretrained weights of {args.encoder} are not available: {error}\n"
+                "Pass a local weight file with --encoder-weights FILE.",
+                file=sys.stderr,
+            )
             return 2
+
+    experiment_dir = args.work_dir / f"{args.encoder}_{args.model}"
+    split_file = experiment_dir / "split.json"
+    split = write_split(args.data, args.validation_fraction, args.split_seed, split_file)
+    heldout_dir = link_heldout_cases(args.data, split["validation"], experiment_dir / "heldout")
 
     results = []
     # Seeds outermost, so that both variants of a seed run under similar machine load.
