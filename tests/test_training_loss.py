@@ -97,3 +97,19 @@ def test_loss_gradient_flows_to_logits():
 def test_loss_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="does not match"):
         MultiClassDiceLoss()(torch.randn(1, 4, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+def test_cross_entropy_term_added():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5)
+    target = torch.randint(0, 4, (2, 3, 5))
+    dice_only = MultiClassDiceLoss()(logits, target)
+    combined = MultiClassDiceLoss(cross_entropy_weight=0.5)(logits, target)
+    assert torch.isclose(combined, dice_only + 0.5 * F.cross_entropy(logits, target))
+
+
+def test_negative_cross_entropy_weight_rejected():
+    with pytest.raises(ValueError, match="cross_entropy_weight"):
+        MultiClassDiceLoss(cross_entropy_weight=-1.0)

@@ -60,6 +60,10 @@ def demo_config(
         "model": {"name": model, "params": {"encoder_weights": encoder_weights}},
         # Half of the patches centred on tumor: short runs on small cohorts learn faster so.
         "patches": {"size": patch_size, "batch_size": batch_size, "tumor_fraction": 0.5},
+        # Soft Dice alone (the paper's loss) gives no reward for background, and short runs
+        # then mark large healthy areas as necrotic core; adding cross-entropy, as nnU-Net
+        # does, penalises every wrong voxel.
+        "loss": {"include_background": False, "cross_entropy_weight": 1.0},
         "training": {
             "epochs": epochs,
             "batches_per_epoch": batches_per_epoch,

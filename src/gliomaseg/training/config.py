@@ -39,7 +39,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "noise": {"prob": 0.15, "std": 0.1},
         "blur": {"prob": 0.15, "sigma": [0.5, 1.5]},
     },
-    "loss": {"include_background": False},
+    "loss": {"include_background": False, "cross_entropy_weight": 0.0},
     "optimizer": {"lr": 1.0e-3, "weight_decay": 0.0},
     "training": {
         "epochs": 50,

@@ -6,6 +6,11 @@ where p are softmax probabilities, r the one-hot reference, l runs over the K cl
 every voxel of every sample in the batch (the sums are batch-global, not per sample). The paper
 uses the K = 3 tumor classes (background excluded); its public code averages all 4 classes,
 which `include_background=True` reproduces.
+
+`cross_entropy_weight` > 0 adds that multiple of the voxel-wise cross-entropy over all four
+classes, the combination nnU-Net trains with. Soft Dice alone gives no reward for getting
+background right, so a short run can mark large healthy areas as a small class; the
+cross-entropy term penalises every wrong voxel.
 """
 
 from __future__ import annotations
@@ -25,15 +30,20 @@ class MultiClassDiceLoss(nn.Module):
     Args:
         include_background: also average the Dice of class 0 (K = 4, the reference code's
             variant); default False (K = 3, the paper's loss).
+        cross_entropy_weight: weight of an added cross-entropy term; 0 (default) is the
+            paper's loss.
 
     Call with `logits` float (N, K, *spatial) and `target` integer model classes (N, *spatial)
-    or (N, 1, *spatial); returns a scalar tensor in [0, 1]. The loss is computed in float32
+    or (N, 1, *spatial); returns a scalar tensor (in [0, 1] without the cross-entropy term). The loss is computed in float32
     whatever the dtype of `logits`, so mixed precision does not round the sums.
     """
 
-    def __init__(self, include_background: bool = False) -> None:
+    def __init__(self, include_background: bool = False, cross_entropy_weight: float = 0.0) -> None:
         super().__init__()
+        if cross_entropy_weight < 0:
+            raise ValueError(f"cross_entropy_weight must be >= 0, got {cross_entropy_weight}")
         self.include_background = include_background
+        self.cross_entropy_weight = float(cross_entropy_weight)
         self._dice = DiceLoss(
             include_background=include_background,
             to_onehot_y=True,
@@ -49,4 +59,8 @@ class MultiClassDiceLoss(nn.Module):
             target = target.unsqueeze(1)
         if target.shape[2:] != logits.shape[2:] or target.shape[0] != logits.shape[0]:
             raise ValueError(f"target of shape {tuple(target.shape)} does not match logits of shape {tuple(logits.shape)}")
-        return self._dice(logits.float(), target.long())
+        logits = logits.float()
+        loss = self._dice(logits, target.long())
+        if self.cross_entropy_weight:
+            loss = loss + self.cross_entropy_weight * nn.functional.cross_entropy(logits, target[:, 0].long())
+        return loss

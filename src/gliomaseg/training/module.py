@@ -65,7 +65,10 @@ class SegmentationModule(L.LightningModule):
         self.config = config
         self.two_d = getattr(model, "spatial_dims", 3) == 2
         self.channels_last = channels_last
-        self.loss = MultiClassDiceLoss(include_background=bool(config["loss"]["include_background"]))
+        self.loss = MultiClassDiceLoss(
+            include_background=bool(config["loss"]["include_background"]),
+            cross_entropy_weight=float(config["loss"].get("cross_entropy_weight", 0.0)),
+        )
         self._optimizer_state = optimizer_state
         if channels_last:
             self.model.to(memory_format=self._memory_format)
