@@ -301,3 +301,32 @@ def test_predict_case_real_brats_case_geometry(tmp_path):
     np.testing.assert_array_equal(output.get_sform(), source.get_sform())
     assert set(np.unique(np.asarray(output.dataobj)).tolist()) <= {0, 1, 2, 4}
     assert report["cropped_shape_dhw"] == [143, 165, 143]
+
+
+def test_labels_outside_brain_are_background(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from gliomaseg.data.synthetic import make_synthetic_case
+    from gliomaseg.inference.model import PredictionModel
+    from gliomaseg.inference.predict import predict_case
+
+    class AlwaysEdema(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros((x.shape[0], 4, *x.shape[2:]), dtype=x.dtype)
+            logits[:, 2] = 1.0
+            return logits
+
+    folder = make_synthetic_case(tmp_path / "in", "P", shape=(32, 32, 16))
+    model = PredictionModel(AlwaysEdema(), spatial_dims=2, channels=("flair", "t1c", "t2"), patch_size=(1, 32, 32))
+    for keep, name in ((False, "masked"), (True, "kept")):
+        predict_case(model, folder, tmp_path / name, mask_outside_brain=not keep)
+    brain = np.zeros((32, 32, 16), bool)
+    for modality in ("flair", "t1ce", "t2"):
+        brain |= np.asanyarray(nib.load(folder / f"P_{modality}.nii.gz").dataobj) != 0
+    masked = np.asanyarray(nib.load(tmp_path / "masked" / "P.nii.gz").dataobj)
+    kept = np.asanyarray(nib.load(tmp_path / "kept" / "P.nii.gz").dataobj)
+    assert np.all(masked[~brain] == 0)
+    assert np.all(masked[brain] == 2)
+    assert np.any(kept[~brain] == 2)

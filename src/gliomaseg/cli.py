@@ -206,6 +206,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping those cases")
     p.add_argument("--shard", default=None, metavar="INDEX/COUNT", help="predict only cases INDEX, INDEX+COUNT, ... (default: torchrun's RANK/WORLD_SIZE, else all)")
     p.add_argument("--substitute", action="append", default=[], metavar="MISSING=SOURCE", help="use modality SOURCE where MISSING is absent, e.g. t1=t1c (repeatable)")
+    p.add_argument(
+        "--keep-outside-brain",
+        action="store_true",
+        help="keep labels the network gives to voxels that are zero in every input modality (default: set them to background)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_predict)
 
@@ -246,6 +251,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         label_schema=args.label_schema,
         overwrite=args.overwrite,
         substitute=substitute,
+        mask_outside_brain=not args.keep_outside_brain,
     )
     summary = predict_cases(args.model, args.input, args.output, settings, shard=args.shard, progress=not args.no_progress)
     print(summary.format())

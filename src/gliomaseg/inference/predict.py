@@ -74,6 +74,8 @@ class PredictionSettings:
         label_schema: schema of the written label maps; None uses each input case's schema.
         overwrite: replace existing outputs; otherwise cases with a label map are skipped.
         substitute: missing-modality policy, target -> source modality, e.g. {"t1": "t1c"}.
+        mask_outside_brain: label background wherever every input modality is zero (outside
+            the skull-stripped brain), where the network sees no image.
     """
 
     step: int = 32
@@ -90,6 +92,7 @@ class PredictionSettings:
     label_schema: str | None = None
     overwrite: bool = False
     substitute: dict[str, str] = field(default_factory=dict)
+    mask_outside_brain: bool = True
 
 
 @dataclass
@@ -265,6 +268,11 @@ def _run_case(
 
     mark = time.perf_counter()
     probabilities = predictor.probabilities(preprocessed.image)
+    if settings.mask_outside_brain:
+        # Tumor lies inside the brain: voxels that are zero in every input modality are background.
+        outside = torch.from_numpy(~preprocessed.brain_mask).to(probabilities.device)
+        probabilities[:, outside] = 0.0
+        probabilities[0, outside] = 1.0
     classes_cropped = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
     timing["sliding_window_s"] = time.perf_counter() - mark
 
