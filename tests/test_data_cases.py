@@ -123,3 +123,10 @@ def test_discovery_does_not_modify_inputs(synthetic_dataset):
         load_case_volumes(case)
     after = {p: p.stat().st_mtime_ns for p in synthetic_dataset.rglob("*")}
     assert before == after
+
+
+def test_nested_hgg_lgg_folders_discovered(tmp_path):
+    make_synthetic_case(tmp_path / "HGG", "Brats18_A_1", shape=(16, 16, 8))
+    make_synthetic_case(tmp_path / "LGG", "Brats18_B_1", shape=(16, 16, 8))
+    cases = discover_cases(tmp_path)
+    assert [c.case_id for c in cases] == ["Brats18_A_1", "Brats18_B_1"]

@@ -231,12 +231,25 @@ def _msd_cases(folder: Path, schema: str | LabelSchema | None) -> list[Case]:
     return cases
 
 
+def _cases_in_subfolders(folder: Path, schema: str | LabelSchema | None, levels: int) -> list[Case]:
+    """Collect cases in the sub-folders of `folder`, descending into non-case folders."""
+    cases = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        case = _case_from_folder(sub, schema)
+        if case is not None:
+            cases.append(case)
+        elif levels > 1:
+            cases.extend(_cases_in_subfolders(sub, schema, levels - 1))
+    return cases
+
+
 def discover_cases(path: str | Path, schema: str | LabelSchema | None = None) -> list[Case]:
     """Find the cases under `path`.
 
     Args:
-        path: a case folder, a dataset folder whose sub-folders are cases, an MSD task folder
-            (with dataset.json), or a case manifest file.
+        path: a case folder, a dataset folder whose sub-folders are cases (or hold cases one
+            level down, as BraTS 2018's HGG/ and LGG/), an MSD task folder (with
+            dataset.json), or a case manifest file.
         schema: label schema to use instead of the one inferred from the layout.
 
     Returns:
@@ -260,11 +273,7 @@ def discover_cases(path: str | Path, schema: str | LabelSchema | None = None) ->
         if single is not None:
             cases = [single]
         else:
-            cases = []
-            for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                case = _case_from_folder(sub, schema)
-                if case is not None:
-                    cases.append(case)
+            cases = _cases_in_subfolders(path, schema, levels=2)
     if not cases:
         contents = "it is empty" if not any(path.iterdir()) else "no file matches a known layout"
         raise CaseError(
