@@ -10,7 +10,6 @@ sheared affine is rejected instead of being silently approximated.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from gliomaseg.clinical.errors import ConversionError
+from gliomaseg.data.io import write_nifti_atomic
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -108,15 +108,7 @@ def write_nifti(image: sitk.Image, path: str | os.PathLike, dtype: np.dtype | st
     nifti.header.set_sform(affine, code=1)
     nifti.header.set_xyzt_units("mm", "sec")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix="".join(path.suffixes), dir=path.parent)
-    os.close(handle)
-    try:
-        nib.save(nifti, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_nifti_atomic(nifti, path)
     return path
 
 

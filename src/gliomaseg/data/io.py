@@ -144,7 +144,9 @@ def load_volume(
     return Volume(array=array, affine=np.asarray(image.affine, dtype=np.float64), header=header, path=path)
 
 
-def _atomic_write(image: nib.Nifti1Image, path: Path) -> None:
+def write_nifti_atomic(image: nib.Nifti1Image, path: str | Path) -> None:
+    """Save `image` to a temporary file in the target folder, then rename it to `path`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
@@ -201,7 +203,7 @@ def save_volume(
     image.header["scl_inter"] = 0.0
     if array.ndim == 4:
         image.header["intent_code"] = 0
-    _atomic_write(image, path)
+    write_nifti_atomic(image, path)
     return path
 
 

@@ -609,10 +609,8 @@ def predict_cases_with_cascade(
             is an input file.
         CaseError: `input_path` contains no case.
     """
-    from gliomaseg.data.cases import discover_cases
     from gliomaseg.data.labels import get_schema
-    from gliomaseg.inference.outputs import output_paths
-    from gliomaseg.inference.predict import CaseResult, PredictionSettings, PredictionSummary, parse_shard
+    from gliomaseg.inference.predict import PredictionSettings, parse_shard, run_cohort, select_cohort
 
     settings = settings or PredictionSettings()
     index, count = parse_shard(shard)
@@ -622,28 +620,12 @@ def predict_cases_with_cascade(
     if settings.tta or settings.gaussian or settings.window is not None:
         log.warning("the UCL-TIG cascade ignores the sliding-window settings (window, Gaussian weighting, mirroring)")
 
-    all_cases = discover_cases(input_path)
-    inputs = {Path(source.path).resolve() for case in all_cases for source in case.images.values()}
-    inputs |= {Path(case.label.path).resolve() for case in all_cases if case.label is not None}
+    cases, _ = select_cohort(input_path, output_dir, (index, count))
     output_dir = Path(output_dir)
-    for case in all_cases:
-        for path in output_paths(output_dir, case.case_id).values():
-            if path.resolve() in inputs:
-                raise ValueError(f"output {path} is an input file of a case; choose another output folder")
-    cases = all_cases[index::count]
-    log.info("UCL-TIG cascade: predicting %d of %d cases (shard %d/%d) into %s", len(cases), len(all_cases), index, count, output_dir)
-
-    summary = PredictionSummary()
-    started = time.perf_counter()
-    for case in tqdm(cases, desc="cases", unit="case", disable=not progress):
-        case_started = time.perf_counter()
-        try:
-            result = _write_case(cascade, folder, case, output_dir, explicit_schema or case.schema, settings)
-        except Exception as error:  # a broken case must not stop the cohort
-            log.error("case %s failed: %s", case.case_id, error)
-            result = CaseResult(case.case_id, "failed", reason=f"{type(error).__name__}: {error}")
-            result.seconds = time.perf_counter() - case_started
-        summary.results.append(result)
-    summary.seconds = time.perf_counter() - started
+    summary = run_cohort(
+        cases,
+        lambda case: _write_case(cascade, folder, case, output_dir, explicit_schema or case.schema, settings),
+        progress=progress,
+    )
     log.info("UCL-TIG prediction finished: %s", summary.format().splitlines()[0])
     return summary

@@ -420,6 +420,31 @@ def predict_cases(
     settings = replace(settings, device=_shard_device(settings.device, count))
     explicit_schema = get_schema(settings.label_schema) if settings.label_schema else None
 
+    cases, inputs = select_cohort(input_path, output_dir, (index, count))
+    predictor = Predictor(_as_model(model, settings.device), settings)
+    output_dir = Path(output_dir)
+    summary = run_cohort(
+        cases,
+        lambda case: _run_case(predictor, case, output_dir, explicit_schema or case.schema, inputs),
+        progress=progress,
+    )
+    log.info("prediction finished: %s", summary.format().splitlines()[0])
+    return summary
+
+
+def select_cohort(
+    input_path: str | Path, output_dir: str | Path, shard: tuple[int, int]
+) -> tuple[list[Case], set[Path]]:
+    """Discover the cases under `input_path` and pick this shard's share of them.
+
+    Returns:
+        (the shard's cases, the resolved paths of every input file of every case).
+
+    Raises:
+        CaseError: `input_path` contains no case.
+        ValueError: an output path of some case would be an input file.
+    """
+    index, count = shard
     all_cases = discover_cases(input_path)
     inputs = set().union(*(_input_files(case) for case in all_cases))
     output_dir = Path(output_dir)
@@ -427,8 +452,14 @@ def predict_cases(
         _check_not_input(output_paths(output_dir, case.case_id), inputs)
     cases = all_cases[index::count]
     log.info("predicting %d of %d cases (shard %d/%d) into %s", len(cases), len(all_cases), index, count, output_dir)
+    return cases, inputs
 
-    predictor = Predictor(_as_model(model, settings.device), settings)
+
+def run_cohort(cases: Sequence[Case], predict_one, progress: bool = True) -> PredictionSummary:
+    """Call `predict_one(case) -> CaseResult` for each case with a progress bar.
+
+    A case that raises is logged and recorded as failed, and the remaining cases still run.
+    """
     summary = PredictionSummary()
     start = time.perf_counter()
     bar = tqdm(cases, desc="cases", unit="case", disable=not progress)
@@ -436,12 +467,11 @@ def predict_cases(
         bar.set_postfix_str(case.case_id)
         case_start = time.perf_counter()
         try:
-            result = _run_case(predictor, case, output_dir, explicit_schema or case.schema, inputs)
+            result = predict_one(case)
         except Exception as error:  # a broken case must not stop the cohort
             log.error("case %s failed: %s", case.case_id, error)
             result = CaseResult(case.case_id, "failed", reason=f"{type(error).__name__}: {error}")
             result.seconds = time.perf_counter() - case_start
         summary.results.append(result)
     summary.seconds = time.perf_counter() - start
-    log.info("prediction finished: %s", summary.format().splitlines()[0])
     return summary
