@@ -58,11 +58,11 @@ def demo_config(
         "seed": seed,
         "data": {"dataset": str(dataset), "validation_fraction": 0.25},
         "model": {"name": model, "params": {"encoder_weights": encoder_weights}},
-        # Half of the patches centred on tumor: short runs on small cohorts learn faster so.
+        # Half of the patches are centred on tumor, so short runs on small cohorts see enough of it.
         "patches": {"size": patch_size, "batch_size": batch_size, "tumor_fraction": 0.5},
-        # Soft Dice alone (the paper's loss) gives no reward for background, and short runs
-        # then mark large healthy areas as necrotic core; adding cross-entropy, as nnU-Net
-        # does, penalises every wrong voxel.
+        # Soft Dice alone (the paper's loss) gives no reward for background, so short runs
+        # mark large healthy areas as necrotic core. Cross-entropy, added as nnU-Net does,
+        # penalises every wrong voxel.
         "loss": {"include_background": False, "cross_entropy_weight": 1.0},
         "training": {
             "epochs": epochs,
