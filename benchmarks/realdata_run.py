@@ -40,6 +40,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEFAULT_DATA = SHARED_DATA / "deepbrainseg_brats2018" / "brats"
@@ -72,6 +74,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches-per-epoch", type=int, default=5, help="training batches between validations (default: %(default)s)")
     parser.add_argument("--validation-patches", type=int, default=16, help="fixed validation patches per epoch (default: %(default)s)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16", help="prediction precision (default: %(default)s)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training configuration override passed to gliomaseg train, e.g. loss.cross_entropy_weight=1 (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the split, sampling and initialisation (default: %(default)s)")
     parser.add_argument("--record", default="realdata_run", help="record name in benchmarks/records/ (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --work-dir")
@@ -132,6 +142,11 @@ def train_model(model: str, args: argparse.Namespace, prepared: dict[str, Any], 
     }
     if args.encoder_weights:
         overrides["model.params.encoder_weights"] = str(Path(args.encoder_weights).resolve())
+    for item in args.overrides:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
     start = time.perf_counter()
     result = train(config, overrides=overrides, output_dir=work / "runs" / model, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
