@@ -126,3 +126,16 @@ def test_spacing_and_orientation():
     volume = Volume(None, affine, nib.Nifti1Header())
     assert volume.spacing == (1.0, 1.0, 2.5)
     assert volume.orientation == "LPS"
+
+
+def test_written_file_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    volume = load_volume(_write(tmp_path / "t2.nii.gz", np.zeros((3, 4, 5), np.int16), np.eye(4)))
+    old_umask = os.umask(0o022)
+    try:
+        out = save_label_map(np.zeros(volume.shape, np.uint8), volume, tmp_path / "seg.nii.gz")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644

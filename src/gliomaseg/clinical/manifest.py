@@ -13,6 +13,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from gliomaseg.clinical.orientation import orientation_code
+from gliomaseg.data.io import default_file_mode
 
 MANIFEST_NAME = "conversion.json"
 
@@ -49,6 +50,7 @@ def write_manifest(manifest: dict, folder: Path) -> Path:
     """Write the manifest as indented JSON to `folder`/conversion.json, atomically."""
     path = folder / MANIFEST_NAME
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    os.chmod(temporary, default_file_mode())
     with os.fdopen(handle, "w") as stream:
         json.dump(manifest, stream, indent=2)
         stream.write("\n")

@@ -144,13 +144,32 @@ def load_volume(
     return Volume(array=array, affine=np.asarray(image.affine, dtype=np.float64), header=header, path=path)
 
 
+def temporary_file_beside(path: Path, suffix: str = ".tmp") -> str:
+    """Create an empty temporary file in `path`'s folder and return its name.
+
+    The file gets the permissions a plain ``open`` would give (0666 less the umask), not
+    mkstemp's owner-only 0600, so the renamed result is readable like any other output.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    os.chmod(name, default_file_mode())
+    return name
+
+
+def default_file_mode() -> int:
+    """Return the permission bits a new file gets from ``open``: 0666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_nifti_atomic(image: nib.Nifti1Image, path: str | Path) -> None:
     """Save `image` to a temporary file in the target folder, then rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(handle)
+    tmp_name = temporary_file_beside(path, f".tmp{suffix}")
     try:
         nib.save(image, tmp_name)
         os.replace(tmp_name, path)

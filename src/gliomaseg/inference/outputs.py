@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from gliomaseg.data.io import Volume, save_volume
+from gliomaseg.data.io import Volume, default_file_mode, save_volume
 from gliomaseg.data.labels import REGIONS, region_masks_from_classes
 from gliomaseg.data.preprocessing import CaseGeometry
 
@@ -50,6 +50,7 @@ def write_json_atomic(content: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(temp_name, default_file_mode())
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(content, stream, indent=2)

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import gliomaseg
+from gliomaseg.data.io import default_file_mode
 from gliomaseg.models.registry import build_model
 
 __all__ = [
@@ -161,6 +162,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, metadata: Mapping[str, A
 
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(temp_name, default_file_mode())
     os.close(handle)
     try:
         save_file(state, temp_name, metadata={METADATA_KEY: header_json})

@@ -24,6 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from gliomaseg.data.io import default_file_mode
 from gliomaseg.models import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def keep_metrics_until(path: Path, epoch: int) -> None:
 def save_resume_state(path: Path, state: Mapping[str, Any]) -> None:
     """Write the resume state atomically (temporary file, then rename)."""
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(temp_name, default_file_mode())
     os.close(handle)
     try:
         torch.save(dict(state), temp_name)

@@ -42,6 +42,7 @@ import yaml
 from monai.losses import DiceCELoss, DiceLoss
 from tqdm.auto import tqdm
 
+from gliomaseg.data.io import default_file_mode
 from gliomaseg.data.labels import CORE, EDEMA, ENHANCING
 from gliomaseg.data.preprocessing import PreprocessedCase
 from gliomaseg.inference.cascade import CASCADE_FILE, CASCADE_FORMAT, bounding_box, expand_box
@@ -316,6 +317,7 @@ def train_network(
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(temp_name, default_file_mode())
     with os.fdopen(handle, "w") as stream:
         json.dump(data, stream, indent=2)
     os.replace(temp_name, path)
