@@ -56,3 +56,12 @@ def test_validate_continues_after_bad_case(tmp_path):
     (tmp_path / "Synth_000" / "Synth_000_t1.nii.gz").write_bytes(b"not an image")
     reports = validate_path(tmp_path)
     assert [r.usable for r in reports] == [False, True]
+
+
+def test_validate_warns_about_skull_on_scans(tmp_path, capsys):
+    make_synthetic_case(tmp_path, "Big", shape=(16, 16, 8), spacing=(20.0, 20.0, 20.0))
+    reports = validate_path(tmp_path)
+    assert reports[0].usable
+    assert "skull-on" in reports[0].warnings[0]
+    assert main(["validate", str(tmp_path)]) == 0
+    assert "warning:" in capsys.readouterr().out

@@ -330,3 +330,31 @@ def test_labels_outside_brain_are_background(tmp_path):
     assert np.all(masked[~brain] == 0)
     assert np.all(masked[brain] == 2)
     assert np.any(kept[~brain] == 2)
+
+
+def test_run_folder_resolves_to_best_checkpoint(tmp_path):
+    from gliomaseg.inference.model import resolve_checkpoint_path
+
+    (tmp_path / "last.safetensors").write_bytes(b"")
+    assert resolve_checkpoint_path(tmp_path) == tmp_path / "last.safetensors"
+    (tmp_path / "best.safetensors").write_bytes(b"")
+    assert resolve_checkpoint_path(tmp_path) == tmp_path / "best.safetensors"
+
+
+def test_run_folder_without_checkpoint_named(tmp_path):
+    from gliomaseg.inference.model import resolve_checkpoint_path
+
+    with pytest.raises(FileNotFoundError, match="best.safetensors or last.safetensors"):
+        resolve_checkpoint_path(tmp_path)
+
+
+def test_output_that_is_a_file_rejected_early(tmp_path):
+    from gliomaseg.data.synthetic import make_synthetic_case
+    from gliomaseg.inference.predict import select_cohort
+
+    folder = make_synthetic_case(tmp_path / "in", "P", shape=(16, 16, 8))
+    target = tmp_path / "notes.txt"
+    target.write_text("keep")
+    with pytest.raises(ValueError, match="is a file"):
+        select_cohort(folder, target, (0, 1))
+    assert target.read_text() == "keep"

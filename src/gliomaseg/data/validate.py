@@ -14,6 +14,10 @@ from gliomaseg.data.labels import LabelError, LabelSchema, check_label_values
 
 log = logging.getLogger(__name__)
 
+# Largest plausible volume of a skull-stripped adult brain, in cm3; adult brains measure about
+# 1000-1700 cm3, and a head with skull and scalp about twice that.
+MAX_BRAIN_VOLUME_CM3 = 2500.0
+
 
 @dataclass
 class CaseReport:
@@ -30,6 +34,8 @@ class CaseReport:
     label_values: tuple[int, ...] | None = None
     brain_voxels: int | None = None
     problems: list[str] = field(default_factory=list)
+    # Findings that do not make the case unusable, such as a scan that looks skull-on.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:
@@ -61,6 +67,13 @@ def validate_case(case: Case) -> CaseReport:
     for volume in volumes.values():
         brain |= volume.array != 0
     report.brain_voxels = int(brain.sum())
+    brain_cm3 = report.brain_voxels * float(np.prod(first.spacing)) / 1000
+    if brain_cm3 > MAX_BRAIN_VOLUME_CM3:
+        report.warnings.append(
+            f"the non-zero region measures {brain_cm3:.0f} cm3, more than a skull-stripped brain (at most about "
+            f"{MAX_BRAIN_VOLUME_CM3:.0f} cm3); the scans look skull-on, so apply a brain mask first "
+            "(gliomaseg convert --brain-mask)"
+        )
 
     if label is not None:
         values = np.unique(np.asarray(label.array))
@@ -126,6 +139,8 @@ def format_report(reports: list[CaseReport]) -> str:
     for r in reports:
         for problem in r.problems:
             lines.append(f"{r.case_id}: {problem}")
+        for warning in r.warnings:
+            lines.append(f"{r.case_id}: warning: {warning}")
     usable = sum(r.usable for r in reports)
     lines.append(f"{usable} of {len(reports)} case(s) usable")
     return "\n".join(lines)

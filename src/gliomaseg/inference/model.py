@@ -113,8 +113,30 @@ def normalize_patch_size(patch_size: Sequence[int] | None, spatial_dims: int) ->
     return size
 
 
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """Return `path`, or the checkpoint inside a training run folder (best, else last).
+
+    Raises:
+        FileNotFoundError: `path` is a folder without best.safetensors or last.safetensors.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in ("best.safetensors", "last.safetensors"):
+        if (path / name).is_file():
+            log.info("using %s of run folder %s", name, path)
+            return path / name
+    raise FileNotFoundError(
+        f"{path} is a folder without best.safetensors or last.safetensors; pass a checkpoint file "
+        "written by gliomaseg train (for example RUN/best.safetensors)"
+    )
+
+
 def load_prediction_model(path: str | Path, device: str | torch.device = "cpu") -> PredictionModel:
     """Load a checkpoint written by gliomaseg.models.save_checkpoint for prediction.
+
+    `path` may also be a training run folder; its best.safetensors (else last.safetensors)
+    is loaded.
 
     Returns:
         A PredictionModel with the network in eval mode on `device`.
@@ -128,7 +150,7 @@ def load_prediction_model(path: str | Path, device: str | torch.device = "cpu") 
     """
     from gliomaseg.models import load_checkpoint
 
-    path = Path(path)
+    path = resolve_checkpoint_path(path)
     network, metadata = load_checkpoint(path, map_location=device)
     channels = tuple(metadata["channels"])
     in_channels = metadata.get("in_channels")

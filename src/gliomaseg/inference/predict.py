@@ -32,6 +32,7 @@ from gliomaseg.data.cases import Case, discover_cases
 from gliomaseg.data.io import save_label_map
 from gliomaseg.data.labels import LabelSchema, from_model_classes, get_schema
 from gliomaseg.data.preprocessing import preprocess_case
+from gliomaseg.data.validate import MAX_BRAIN_VOLUME_CM3
 from gliomaseg.inference.model import PredictionModel, load_prediction_model
 from gliomaseg.inference.outputs import (
     output_paths,
@@ -265,6 +266,7 @@ def _run_case(
     model.check_case(case, settings.substitute)
     preprocessed = preprocess_case(case, model.channels, substitute=settings.substitute, with_label=False)
     timing["preprocess_s"] = time.perf_counter() - start
+    warn_if_not_skull_stripped(case.case_id, preprocessed)
 
     mark = time.perf_counter()
     probabilities = predictor.probabilities(preprocessed.image)
@@ -432,6 +434,20 @@ def predict_cases(
     return summary
 
 
+def warn_if_not_skull_stripped(case_id: str, preprocessed) -> None:
+    """Log a warning when the non-zero region of the input is too large for a stripped brain."""
+    volume_cm3 = float(preprocessed.brain_mask.sum()) * voxel_volume_mm3(preprocessed.geometry.reference.affine) / 1000
+    if volume_cm3 > MAX_BRAIN_VOLUME_CM3:
+        log.warning(
+            "case %s: the non-zero region of the input measures %.0f cm3, more than a skull-stripped brain "
+            "(at most about %.0f cm3); the networks were trained on skull-stripped scans, so apply a brain mask "
+            "first (gliomaseg convert --brain-mask)",
+            case_id,
+            volume_cm3,
+            MAX_BRAIN_VOLUME_CM3,
+        )
+
+
 def select_cohort(
     input_path: str | Path, output_dir: str | Path, shard: tuple[int, int]
 ) -> tuple[list[Case], set[Path]]:
@@ -442,9 +458,12 @@ def select_cohort(
 
     Raises:
         CaseError: `input_path` contains no case.
-        ValueError: an output path of some case would be an input file.
+        ValueError: the output is an existing file, or an output path of some case would be
+            an input file.
     """
     index, count = shard
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"output {output_dir} is a file; give a folder for the label maps and reports")
     all_cases = discover_cases(input_path)
     inputs = set().union(*(_input_files(case) for case in all_cases))
     output_dir = Path(output_dir)
