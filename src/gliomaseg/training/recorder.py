@@ -100,7 +100,7 @@ def load_resume_state(path: Path) -> dict[str, Any]:
         ValueError: the file is unreadable or contains other objects.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; the run has not finished an epoch, so there is nothing to resume (start it again without --resume)")
+        raise FileNotFoundError(f"{path} not found; the run has not finished an epoch, so there is nothing to resume (start it again with --overwrite in place of --resume)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
