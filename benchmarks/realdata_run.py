@@ -85,6 +85,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the split, sampling and initialisation (default: %(default)s)")
     parser.add_argument("--record", default="realdata_run", help="record name in benchmarks/records/ (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --work-dir")
+    parser.add_argument(
+        "--reuse-runs",
+        action="store_true",
+        help="with --overwrite: keep the finished training runs in --work-dir and redo only prediction and evaluation",
+    )
     return parser.parse_args(argv)
 
 
@@ -126,6 +131,25 @@ def prepare_cases(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 # --- training -------------------------------------------------------------------------------
 
 
+def finished_run(run_dir: Path):
+    """Rebuild the RunResult of a training run that finished earlier in `run_dir`."""
+    from gliomaseg.training import RunResult, read_metrics
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    metrics = read_metrics(run_dir / "metrics.csv")
+    epochs = int(metrics[-1]["epoch"]) if metrics else 0
+    best = run_dir / "best.safetensors"
+    return RunResult(
+        run_dir=run_dir,
+        last_checkpoint=run_dir / "last.safetensors",
+        best_checkpoint=best if best.is_file() else None,
+        metrics=metrics,
+        epochs_completed=epochs,
+        stopped_by_time=epochs < int(config["training"]["epochs"]),
+        config=config,
+    )
+
+
 def train_model(model: str, args: argparse.Namespace, prepared: dict[str, Any], work: Path) -> dict[str, Any]:
     from gliomaseg.training import train
 
@@ -147,8 +171,13 @@ def train_model(model: str, args: argparse.Namespace, prepared: dict[str, Any], 
         if not separator:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
         overrides[key.strip()] = yaml.safe_load(value)
+    run_dir = work / "runs" / model
     start = time.perf_counter()
-    result = train(config, overrides=overrides, output_dir=work / "runs" / model, overwrite=args.overwrite)
+    if args.reuse_runs and (run_dir / "last.safetensors").is_file():
+        log.info("reusing the finished training run %s", run_dir)
+        result = finished_run(run_dir)
+    else:
+        result = train(config, overrides=overrides, output_dir=run_dir, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
 
     metrics = result.metrics
@@ -403,11 +432,14 @@ def write_record(record: dict[str, Any], name: str, pngs: list[str]) -> None:
 # --- main -----------------------------------------------------------------------------------
 
 
-def prepare_work_dir(work: Path, overwrite: bool) -> None:
+def prepare_work_dir(work: Path, overwrite: bool, keep_runs: bool = False) -> None:
     if work.exists() and any(work.iterdir()):
         if not overwrite:
             raise SystemExit(f"{work} is not empty; pass --overwrite to replace an earlier run's results, or another --work-dir")
+        kept = ("runs", "split.json") if keep_runs else ()
         for sub in ("cases", "runs", "predictions", "evaluation", "overlays", "split.json"):
+            if sub in kept:
+                continue
             target = work / sub
             if target.is_dir():
                 shutil.rmtree(target)
@@ -431,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     if work == REPO or REPO in work.parents:
         print(f"--work-dir {work} is inside the repository; choose a folder outside it", file=sys.stderr)
         return 2
-    prepare_work_dir(work, args.overwrite)
+    prepare_work_dir(work, args.overwrite, keep_runs=args.reuse_runs)
     load_start = os.getloadavg()
     stage_seconds: dict[str, float] = {}
 
