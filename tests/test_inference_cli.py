@@ -76,3 +76,11 @@ def test_cli_predict_rejects_missing_checkpoint(dataset, tmp_path, capsys):
 
     assert status == 2
     assert "absent.safetensors" in capsys.readouterr().err
+
+
+def test_cli_rejects_fp16_on_cpu(tmp_path, capsys):
+    from gliomaseg.cli import main
+
+    code = main(["predict", "--model", str(tmp_path / "m.safetensors"), str(tmp_path), str(tmp_path / "out"), "--precision", "fp16", "--device", "cpu"])
+    assert code == 2
+    assert "fp16 needs a CUDA GPU" in capsys.readouterr().err

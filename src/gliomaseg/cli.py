@@ -13,6 +13,9 @@ from gliomaseg import __version__
 log = logging.getLogger("gliomaseg")
 
 
+SCHEMA_CHOICES = "brats2017 (BraTS 2017-2021: 1, 2, 4), brats2023 (1, 2, 3), msd (MSD Task01), brats2013 (BRATS 2013/2015)"
+
+
 class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
@@ -23,7 +26,7 @@ class CommandError(Exception):
 def _add_validate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a case folder or a dataset of cases and print a table")
     p.add_argument("path", help="a case folder, a dataset folder of cases, an MSD Task01 folder or a case manifest")
-    p.add_argument("--label-schema", default=None, help="label schema of the cases (default: inferred from the layout)")
+    p.add_argument("--label-schema", default=None, help=f"label schema of the cases: {SCHEMA_CHOICES} (default: inferred from the layout)")
     p.set_defaults(func=_run_validate)
 
 
@@ -202,7 +205,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-windows", type=int, default=None, metavar="N", help="windows per forward pass (default: from --max-memory-gb)")
     p.add_argument("--max-memory-gb", type=float, default=2.0, help="memory budget for a case's accumulators and a batch of windows, in GB (default 2)")
     p.add_argument("--save-probabilities", action="store_true", help="also write OUTPUT/<case_id>_probabilities.nii.gz (float32, 4 classes)")
-    p.add_argument("--label-schema", default=None, help="label schema of the output (default: that of each input case)")
+    p.add_argument("--label-schema", default=None, help=f"label schema of the output: {SCHEMA_CHOICES} (default: that of each input case)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs instead of skipping those cases")
     p.add_argument("--shard", default=None, metavar="INDEX/COUNT", help="predict only cases INDEX, INDEX+COUNT, ... (default: torchrun's RANK/WORLD_SIZE, else all)")
     p.add_argument("--substitute", action="append", default=[], metavar="MISSING=SOURCE", help="use modality SOURCE where MISSING is absent, e.g. t1=t1c (repeatable)")
@@ -213,6 +216,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_predict)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -232,6 +241,8 @@ def _run_predict(args: argparse.Namespace) -> int:
             window = ()
         if len(window) != 3 or min(window) < 1:
             raise CommandError(f"--window {args.window!r}: expected three positive integers D,H,W, for example 24,128,128")
+    if args.precision == "fp16" and (args.device == "cpu" or (args.device == "auto" and not _cuda_available())):
+        raise CommandError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
     if args.step < 1 or args.depth_step < 1:
         raise CommandError(f"--step ({args.step}) and --depth-step ({args.depth_step}) must be positive")
     if args.batch_windows is not None and args.batch_windows < 1:
