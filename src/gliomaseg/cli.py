@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
 from gliomaseg import __version__
@@ -470,6 +471,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Lightning 2.6 advertises a cloud logger on every run.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "litlogger" not in record.getMessage())
+    # Raised inside Lightning 2.6 on every run; nothing in gliomaseg can act on it.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
         return int(args.func(args) or 0)
     except (CommandError, FileNotFoundError, FileExistsError, ValueError) as error:

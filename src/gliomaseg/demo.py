@@ -145,12 +145,12 @@ def run_demo(
 
     start = time.perf_counter()
     report_dir = output / "report"
-    results, references = evaluate_folders(predictions, test_dir)
+    method = "AlbuNet3D" if model == "albunet3d" else "AlbuNet2D"
+    results, references = evaluate_folders({method: predictions}, test_dir)
     written = write_evaluation(results, references, report_dir, progress=False)
     plot_training_curves([run.run_dir], report_dir / "training_curve.png")
     seconds["evaluate"] = time.perf_counter() - start
 
     scores = summarize(results)
-    method = next(iter(scores))
     dice = {region: float(scores[method]["regions"][region]["dice"]["mean"]) for region in REGIONS}
     return DemoResult(output, Path(written["report"]), dice, seconds)
