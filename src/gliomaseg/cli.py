@@ -21,6 +21,17 @@ class CommandError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+def _parse_substitutions(entries: Sequence[str]) -> dict[str, str]:
+    """Parse repeated ``--substitute MISSING=SOURCE`` options into {missing: source}."""
+    substitutions: dict[str, str] = {}
+    for entry in entries:
+        missing, separator, source = entry.partition("=")
+        if not separator or not missing.strip() or not source.strip():
+            raise CommandError(f"--substitute {entry!r}: expected MISSING=SOURCE, for example --substitute t1=t1c")
+        substitutions[missing.strip().lower()] = source.strip().lower()
+    return substitutions
+
+
 # --- validate -------------------------------------------------------------------------------
 
 
@@ -101,12 +112,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         return 0
     if not args.output_dir:
         raise CommandError("give OUTPUT_DIR, the case folder to create, or --list DICOM_DIR to see the series")
-    substitutions = {}
-    for entry in args.substitute:
-        target, separator, origin = entry.partition("=")
-        if not separator or not target or not origin:
-            raise CommandError(f"--substitute {entry!r}: expected MISSING=SOURCE, for example --substitute t1=t1c")
-        substitutions[target.strip()] = origin.strip()
+    substitutions = _parse_substitutions(args.substitute)
 
     modalities = ("t1", "t1c", "t2", "flair")
     result = convert_case(
@@ -228,12 +234,7 @@ def _cuda_available() -> bool:
 def _run_predict(args: argparse.Namespace) -> int:
     from gliomaseg.inference import PredictionSettings, predict_cases
 
-    substitute: dict[str, str] = {}
-    for entry in args.substitute:
-        missing, separator, source = entry.partition("=")
-        if not separator or not missing.strip() or not source.strip():
-            raise CommandError(f"--substitute {entry!r}: expected MISSING=SOURCE, for example --substitute t1=t1c")
-        substitute[missing.strip().lower()] = source.strip().lower()
+    substitute = _parse_substitutions(args.substitute)
     window = None
     if args.window:
         try:

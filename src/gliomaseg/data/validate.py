@@ -21,7 +21,7 @@ MAX_BRAIN_VOLUME_CM3 = 2500.0
 
 @dataclass
 class CaseReport:
-    """What `validate_case` found for one case; `problems` is empty for a usable case."""
+    """Findings of `validate_case` for one case; `problems` is empty for a usable case."""
 
     case_id: str
     path: Path
@@ -92,7 +92,7 @@ def validate_path(path: str | Path, schema: str | LabelSchema | None = None) -> 
     """Validate every case under `path` (a case folder, a dataset folder or a manifest).
 
     Raises:
-        CaseError: the path holds no case at all.
+        CaseError: the path contains no case at all.
     """
     cases = discover_cases(path, schema)
     reports = []

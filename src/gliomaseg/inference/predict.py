@@ -76,7 +76,7 @@ class PredictionSettings:
         overwrite: replace existing outputs; otherwise cases with a label map are skipped.
         substitute: missing-modality policy, target -> source modality, e.g. {"t1": "t1c"}.
         mask_outside_brain: label background wherever every input modality is zero (outside
-            the skull-stripped brain), where the network sees no image.
+            the skull-stripped brain), where the network has no image to segment.
     """
 
     step: int = 32

@@ -9,7 +9,7 @@ which `include_background=True` reproduces.
 
 `cross_entropy_weight` > 0 adds that multiple of the voxel-wise cross-entropy over all four
 classes, the combination nnU-Net trains with. Soft Dice alone gives no reward for getting
-background right, so a short run can mark large healthy areas as a small class; the
+background right, so a short run can mark large healthy areas as a small class. The
 cross-entropy term penalises every wrong voxel.
 """
 
