@@ -137,6 +137,57 @@ def test_non_empty_output_rejected_without_overwrite(scans, tmp_path):
     assert (output / "notes.txt").read_text() == "keep"
 
 
+def write_unreadable_scan(path: Path) -> Path:
+    path.write_bytes(b"not a NIfTI file")
+    return path
+
+
+def test_failed_conversion_removes_folders_it_created(scans, tmp_path):
+    broken = write_unreadable_scan(tmp_path / "flair.nii.gz")
+    output = tmp_path / "converted" / "case"
+    with pytest.raises(ConversionError, match="not a readable NIfTI file"):
+        convert({**scans, "flair": broken}, output)
+    assert not output.exists()
+    assert not output.parent.exists()
+
+
+def test_failed_conversion_keeps_existing_folder_and_files(scans, tmp_path):
+    broken = write_unreadable_scan(tmp_path / "flair.nii.gz")
+    output = tmp_path / "case"
+    output.mkdir()
+    (output / "notes.txt").write_text("keep")
+    with pytest.raises(ConversionError, match="not a readable NIfTI file"):
+        convert({**scans, "flair": broken}, output, overwrite=True)
+    assert (output / "notes.txt").read_text() == "keep"
+
+
+def test_failed_conversion_keeps_existing_empty_folder(scans, tmp_path):
+    broken = write_unreadable_scan(tmp_path / "flair.nii.gz")
+    output = tmp_path / "case"
+    output.mkdir()
+    with pytest.raises(ConversionError, match="not a readable NIfTI file"):
+        convert({**scans, "flair": broken}, output)
+    assert output.is_dir()
+
+
+def test_failure_while_writing_removes_partial_case(scans, tmp_path, monkeypatch):
+    import gliomaseg.clinical.convert as convert_module
+
+    written = []
+
+    def write_once_then_fail(image, path, dtype=None):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(write_nifti(image, path, dtype=dtype))
+        return written[-1]
+
+    monkeypatch.setattr(convert_module, "write_nifti", write_once_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        convert(scans, tmp_path / "case")
+    assert len(written) == 1
+    assert not (tmp_path / "case").exists()
+
+
 def test_output_folder_holding_an_input_rejected(scans, tmp_path):
     with pytest.raises(ConversionError, match="contains the input"):
         convert(scans, scans["t1c"].parent, overwrite=True)
@@ -238,6 +289,15 @@ def test_cli_reports_missing_modality(scans, tmp_path, capsys):
     status = main(["convert", "--t1c", str(scans["t1c"]), str(tmp_path / "case")])
     assert status == 2
     assert "no t1 scan given" in capsys.readouterr().err
+
+
+def test_cli_failed_conversion_leaves_no_folder(scans, tmp_path, capsys):
+    broken = write_unreadable_scan(tmp_path / "flair.nii.gz")
+    status = main(["convert", "--t1c", str(scans["t1c"]), "--t2", str(scans["t2"]), "--flair", str(broken),
+                   "--substitute", "t1=t1c", "--no-registration", str(tmp_path / "case")])
+    assert status == 2
+    assert "not a readable NIfTI file" in capsys.readouterr().err
+    assert not (tmp_path / "case").exists()
 
 
 def test_cli_substitute_needs_pair(scans, tmp_path, capsys):

@@ -17,6 +17,7 @@ import yaml
 from gliomaseg.cli import main
 from gliomaseg.models import load_checkpoint
 from gliomaseg.training import METRIC_COLUMNS, ConfigError, read_metrics, train
+from gliomaseg.training.module import SegmentationModule
 
 CSV_LEADING_COLUMNS = [
     "epoch",
@@ -173,6 +174,56 @@ def test_cli_train_reports_missing_dataset(tmp_path, capsys):
     status = main(["train", "albunet2d_scratch", "--set", f"data.dataset={tmp_path / 'absent'}", "--output", str(tmp_path / "run")])
     assert status == 2
     assert "data.dataset" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_run_removes_folders_it_created(tmp_path):
+    empty_dataset = tmp_path / "no_cases"
+    empty_dataset.mkdir()
+    with pytest.raises(ValueError, match="no case found"):
+        train(tiny_config(empty_dataset), output_dir=tmp_path / "runs" / "first")
+    assert not (tmp_path / "runs" / "first").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_failed_run_keeps_existing_folder(tmp_path):
+    empty_dataset = tmp_path / "no_cases"
+    empty_dataset.mkdir()
+    run_dir = tmp_path / "made_by_user"
+    run_dir.mkdir()
+    with pytest.raises(ValueError, match="no case found"):
+        train(tiny_config(empty_dataset), output_dir=run_dir)
+    assert run_dir.is_dir()
+
+
+def test_failure_in_first_epoch_removes_run_folder(tiny_dataset, tmp_path, monkeypatch):
+    def failing_step(self, batch, batch_index):
+        raise RuntimeError("step failed")
+
+    monkeypatch.setattr(SegmentationModule, "training_step", failing_step)
+    with pytest.raises(RuntimeError, match="step failed"):
+        train(tiny_config(tiny_dataset), output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_failure_after_first_epoch_keeps_resume_files(tiny_dataset, tmp_path, monkeypatch):
+    original_step = SegmentationModule.training_step
+
+    def step_failing_in_second_epoch(self, batch, batch_index):
+        if self.current_epoch >= 1:
+            raise RuntimeError("step failed")
+        return original_step(self, batch, batch_index)
+
+    monkeypatch.setattr(SegmentationModule, "training_step", step_failing_in_second_epoch)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="step failed"):
+        train(tiny_config(tiny_dataset), output_dir=run_dir)
+    assert (run_dir / "resume_state.pt").is_file()
+    assert (run_dir / "last.safetensors").is_file()
+
+    monkeypatch.setattr(SegmentationModule, "training_step", original_step)
+    resumed = train(tiny_config(tiny_dataset), output_dir=run_dir, resume=True)
+    assert [int(row["epoch"]) for row in resumed.metrics] == [0, 1, 2]
 
 
 def test_cli_train_rejects_unknown_key(tmp_path, capsys):

@@ -36,3 +36,14 @@ def test_ucltig_train_predict_evaluate_cli(tmp_path, capsys):
 
     assert main(["evaluate", str(predictions), str(data), "--output", str(tmp_path / "evaluation"), "--no-overlays"]) == 0
     assert (tmp_path / "evaluation" / "report.md").is_file()
+
+
+def test_ucltig_failed_train_removes_created_folder(tmp_path, capsys):
+    empty_dataset = tmp_path / "no_cases"
+    empty_dataset.mkdir()
+    run = tmp_path / "runs" / "ucltig"
+    status = main(["train", "ucltig", "--set", f"data.dataset={empty_dataset}", "--output", str(run)])
+    assert status == 2
+    assert "no case found" in capsys.readouterr().err
+    assert not run.exists()
+    assert not run.parent.exists()

@@ -174,8 +174,16 @@ def _run_train(args: argparse.Namespace) -> int:
         raise CommandError("--resume and --overwrite exclude each other")
     written, name = read_config_source(args.config)
     if written.get("model", {}).get("name") == "ucltig":
+        from pathlib import Path
+
+        from gliomaseg.inference.cascade import CASCADE_FILE
+        from gliomaseg.output_folder import create_folder, removed_on_failure
+
         output = args.output or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        train_cascade_from_config(args.config, output, overrides=args.overrides or (), resume=args.resume)
+        created = create_folder(output)
+        # The cascade file lists every network trained so far, which --resume keeps.
+        with removed_on_failure(created, keep=(Path(output) / CASCADE_FILE).is_file):
+            train_cascade_from_config(args.config, output, overrides=args.overrides or (), resume=args.resume)
         print(f"checkpoint folder for prediction: {output}")
         return 0
     try:

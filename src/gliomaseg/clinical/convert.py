@@ -38,6 +38,7 @@ from gliomaseg.clinical.registration import (
 )
 from gliomaseg.clinical.resampling import INTERPOLATORS, isotropic_grid, resample
 from gliomaseg.clinical.sources import SeriesCatalog, load_source
+from gliomaseg.output_folder import create_folder, removed_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ def convert_case(
         sources: modality ("t1", "t1c", "t2", "flair") -> NIfTI file, folder with one DICOM
             series, or series number/UID/description of `dicom_dir`.
         output_dir: the case folder to create; it must not exist or be empty unless `overwrite`.
+            A failed conversion removes it again where this call created it, and leaves a
+            folder that existed before as it is.
         case_id: file name prefix (default: the output folder's name).
         reference: modality to register to and whose extent the output covers (default:
             the one with the smallest voxel volume, ties broken in `REFERENCE_PREFERENCE` order).
@@ -155,117 +158,119 @@ def convert_case(
     _check_options(sources, masks, reference, label_on, interpolation, naming, initialization)
     output_dir = Path(output_dir)
     case_id = case_id or output_dir.resolve().name
-    _prepare_output(output_dir, overwrite, [*sources.values(), *masks.values(), brain_mask, label, dicom_dir])
-    steps = _Steps()
-    warnings: list[str] = []
+    created = _prepare_output(output_dir, overwrite, [*sources.values(), *masks.values(), brain_mask, label, dicom_dir])
+    # A failed conversion leaves no partial case behind in a folder it created.
+    with removed_on_failure(created):
+        steps = _Steps()
+        warnings: list[str] = []
 
-    with steps.step("load"):
-        catalog = SeriesCatalog()
-        scans = {}
-        for modality, source in sources.items():
-            image, description = load_source(source, dicom_dir, catalog, fill_missing_slices, role=f"{modality} scan")
-            scans[modality] = _Scan(modality, description, image, converted=image)
-        case_mask_image = _load_file(brain_mask, "brain mask") if brain_mask is not None else None
-        mask_images = {m: _load_file(path, f"{m} brain mask") for m, path in masks.items()}
-        label_image = _load_file(label, "label map") if label is not None else None
+        with steps.step("load"):
+            catalog = SeriesCatalog()
+            scans = {}
+            for modality, source in sources.items():
+                image, description = load_source(source, dicom_dir, catalog, fill_missing_slices, role=f"{modality} scan")
+                scans[modality] = _Scan(modality, description, image, converted=image)
+            case_mask_image = _load_file(brain_mask, "brain mask") if brain_mask is not None else None
+            mask_images = {m: _load_file(path, f"{m} brain mask") for m, path in masks.items()}
+            label_image = _load_file(label, "label map") if label is not None else None
 
-    with steps.step("reorient"):
-        for scan in scans.values():
-            scan.image = reorient_to_brats(scan.image)
-        reference = reference or choose_reference({m: s.image for m, s in scans.items()})
-        ref_scan = scans[reference]
-        for modality, mask in mask_images.items():
-            scans[modality].mask = binary_mask(onto_grid(reorient_to_brats(mask), scans[modality].image,
-                                                         f"{masks[modality]} ({modality} brain mask)"))
-            scans[modality].mask_source = str(Path(masks[modality]).resolve())
-        case_mask = None
-        if case_mask_image is not None:
-            case_mask = binary_mask(onto_grid(reorient_to_brats(case_mask_image), ref_scan.image, f"{brain_mask}"))
-        elif ref_scan.mask is not None:
-            case_mask = ref_scan.mask
-        label_on = label_on or reference
-        if label_image is not None:
-            label_image = onto_grid(reorient_to_brats(label_image), scans[label_on].image, f"{label} (label map)")
-    log.info("reference modality: %s (%s)", reference, _grid_text(ref_scan.image))
+        with steps.step("reorient"):
+            for scan in scans.values():
+                scan.image = reorient_to_brats(scan.image)
+            reference = reference or choose_reference({m: s.image for m, s in scans.items()})
+            ref_scan = scans[reference]
+            for modality, mask in mask_images.items():
+                scans[modality].mask = binary_mask(onto_grid(reorient_to_brats(mask), scans[modality].image,
+                                                             f"{masks[modality]} ({modality} brain mask)"))
+                scans[modality].mask_source = str(Path(masks[modality]).resolve())
+            case_mask = None
+            if case_mask_image is not None:
+                case_mask = binary_mask(onto_grid(reorient_to_brats(case_mask_image), ref_scan.image, f"{brain_mask}"))
+            elif ref_scan.mask is not None:
+                case_mask = ref_scan.mask
+            label_on = label_on or reference
+            if label_image is not None:
+                label_image = onto_grid(reorient_to_brats(label_image), scans[label_on].image, f"{label} (label map)")
+        log.info("reference modality: %s (%s)", reference, _grid_text(ref_scan.image))
 
-    with steps.step("skull-strip"):
-        stripped = {m: apply_mask(s.image, s.mask) if s.mask is not None else s.image for m, s in scans.items()}
-        if case_mask is not None and ref_scan.mask is None:
-            stripped[reference] = apply_mask(ref_scan.image, case_mask)
-        if case_mask is None and not mask_images:
-            warnings.append("no brain mask given: the case is not skull-stripped")
-            log.warning("no brain mask given: the case is not skull-stripped")
+        with steps.step("skull-strip"):
+            stripped = {m: apply_mask(s.image, s.mask) if s.mask is not None else s.image for m, s in scans.items()}
+            if case_mask is not None and ref_scan.mask is None:
+                stripped[reference] = apply_mask(ref_scan.image, case_mask)
+            if case_mask is None and not mask_images:
+                warnings.append("no brain mask given: the case is not skull-stripped")
+                log.warning("no brain mask given: the case is not skull-stripped")
 
-    with steps.step("register"):
-        transforms, registrations, registration_inputs = _register_all(
-            scans, stripped, reference, register, initialization)
-        for modality, result in registrations.items():
-            for warning in result.warnings:
-                warnings.append(f"{modality} registration: {warning}")
-                log.warning("%s registration looks wrong: %s", modality, warning)
+        with steps.step("register"):
+            transforms, registrations, registration_inputs = _register_all(
+                scans, stripped, reference, register, initialization)
+            for modality, result in registrations.items():
+                for warning in result.warnings:
+                    warnings.append(f"{modality} registration: {warning}")
+                    log.warning("%s registration looks wrong: %s", modality, warning)
 
-    with steps.step("resample"):
-        grid = isotropic_grid(ref_scan.image, spacing)
-        outputs = {}
-        for modality, scan in scans.items():
-            volume = resample(stripped[modality], grid, transforms[modality], interpolation)
-            if scan.mask is not None:
-                volume = apply_mask(volume, resample(scan.mask, grid, transforms[modality], "nearest"))
-            outputs[modality] = volume
-        case_mask_out = resample(case_mask, grid, None, "nearest") if case_mask is not None else None
-        if case_mask_out is not None:
-            outputs = {m: apply_mask(v, case_mask_out) for m, v in outputs.items()}
-        label_out = resample(label_image, grid, transforms[label_on], "nearest") if label_image is not None else None
-        for target, origin in substitutions.items():
-            outputs[target] = outputs[origin]
-            log.info("%s: missing, written as a copy of %s", target, origin)
-        log.info("output grid: %s", _grid_text(grid))
+        with steps.step("resample"):
+            grid = isotropic_grid(ref_scan.image, spacing)
+            outputs = {}
+            for modality, scan in scans.items():
+                volume = resample(stripped[modality], grid, transforms[modality], interpolation)
+                if scan.mask is not None:
+                    volume = apply_mask(volume, resample(scan.mask, grid, transforms[modality], "nearest"))
+                outputs[modality] = volume
+            case_mask_out = resample(case_mask, grid, None, "nearest") if case_mask is not None else None
+            if case_mask_out is not None:
+                outputs = {m: apply_mask(v, case_mask_out) for m, v in outputs.items()}
+            label_out = resample(label_image, grid, transforms[label_on], "nearest") if label_image is not None else None
+            for target, origin in substitutions.items():
+                outputs[target] = outputs[origin]
+                log.info("%s: missing, written as a copy of %s", target, origin)
+            log.info("output grid: %s", _grid_text(grid))
 
-    with steps.step("write"):
-        files = _write_case(output_dir, case_id, naming, outputs, label_out, case_mask_out)
-        if keep_intermediate:
-            _write_intermediate(output_dir / INTERMEDIATE_DIR, scans, stripped, transforms, ref_scan.image,
-                                interpolation, label_image, label_on)
+        with steps.step("write"):
+            files = _write_case(output_dir, case_id, naming, outputs, label_out, case_mask_out)
+            if keep_intermediate:
+                _write_intermediate(output_dir / INTERMEDIATE_DIR, scans, stripped, transforms, ref_scan.image,
+                                    interpolation, label_image, label_on)
 
-    manifest = {
-        "case_id": case_id,
-        "created": manifest_module.now_iso(),
-        "naming": naming,
-        "files": {k: p.name for k, p in files.items()},
-        "reference": reference,
-        "reference_grid": manifest_module.describe_grid(ref_scan.image),
-        "output_grid": manifest_module.describe_grid(outputs[reference]),
-        "spacing_mm": spacing,
-        "interpolation": {"images": interpolation, "masks_and_labels": "nearest"},
-        "registration": {
-            "performed": register,
-            "method": "rigid Euler3D (6 degrees of freedom), Mattes mutual information, 3 resolution levels",
-            "initialization": initialization,
-            "inputs": registration_inputs,
-            "plausibility_thresholds": {
-                "max_rotation_deg": MAX_ROTATION_DEG,
-                "max_translation_mm": MAX_TRANSLATION_MM,
-                "min_metric_fraction_of_median": MIN_RELATIVE_METRIC,
+        manifest = {
+            "case_id": case_id,
+            "created": manifest_module.now_iso(),
+            "naming": naming,
+            "files": {k: p.name for k, p in files.items()},
+            "reference": reference,
+            "reference_grid": manifest_module.describe_grid(ref_scan.image),
+            "output_grid": manifest_module.describe_grid(outputs[reference]),
+            "spacing_mm": spacing,
+            "interpolation": {"images": interpolation, "masks_and_labels": "nearest"},
+            "registration": {
+                "performed": register,
+                "method": "rigid Euler3D (6 degrees of freedom), Mattes mutual information, 3 resolution levels",
+                "initialization": initialization,
+                "inputs": registration_inputs,
+                "plausibility_thresholds": {
+                    "max_rotation_deg": MAX_ROTATION_DEG,
+                    "max_translation_mm": MAX_TRANSLATION_MM,
+                    "min_metric_fraction_of_median": MIN_RELATIVE_METRIC,
+                },
             },
-        },
-        "modalities": {m: _describe_scan(s, registrations.get(m), m == reference, case_mask is not None)
-                       for m, s in scans.items()},
-        "missing_policy": missing,
-        "substitutions": dict(substitutions),
-        "skull_stripped": all(s.mask is not None or case_mask is not None for s in scans.values()),
-        "brain_mask": str(Path(brain_mask).resolve()) if brain_mask is not None else (
-            ref_scan.mask_source if case_mask is not None else None),
-        "label": None if label is None else {"source": str(Path(label).resolve()), "drawn_on": label_on,
-                                             "values": sorted(int(v) for v in np.unique(sitk.GetArrayViewFromImage(label_out)))},
-        "intermediate": INTERMEDIATE_DIR if keep_intermediate else None,
-        "warnings": warnings,
-        "steps": steps.records,
-        "total_seconds": round(sum(r["seconds"] for r in steps.records), 3),
-        "software": manifest_module.software_versions(),
-    }
-    manifest_path = manifest_module.write_manifest(manifest, output_dir)
-    log.info("case %s written to %s in %.1f s", case_id, output_dir, manifest["total_seconds"])
-    return ConversionResult(output_dir, case_id, files, manifest_path, manifest, registrations, warnings)
+            "modalities": {m: _describe_scan(s, registrations.get(m), m == reference, case_mask is not None)
+                           for m, s in scans.items()},
+            "missing_policy": missing,
+            "substitutions": dict(substitutions),
+            "skull_stripped": all(s.mask is not None or case_mask is not None for s in scans.values()),
+            "brain_mask": str(Path(brain_mask).resolve()) if brain_mask is not None else (
+                ref_scan.mask_source if case_mask is not None else None),
+            "label": None if label is None else {"source": str(Path(label).resolve()), "drawn_on": label_on,
+                                                 "values": sorted(int(v) for v in np.unique(sitk.GetArrayViewFromImage(label_out)))},
+            "intermediate": INTERMEDIATE_DIR if keep_intermediate else None,
+            "warnings": warnings,
+            "steps": steps.records,
+            "total_seconds": round(sum(r["seconds"] for r in steps.records), 3),
+            "software": manifest_module.software_versions(),
+        }
+        manifest_path = manifest_module.write_manifest(manifest, output_dir)
+        log.info("case %s written to %s in %.1f s", case_id, output_dir, manifest["total_seconds"])
+        return ConversionResult(output_dir, case_id, files, manifest_path, manifest, registrations, warnings)
 
 
 def choose_reference(images: Mapping[str, sitk.Image]) -> str:
@@ -323,7 +328,8 @@ def _check_options(sources, masks, reference, label_on, interpolation, naming, i
         raise ConversionError(f"initialization {initialization!r} is not one of {', '.join(INITIALIZATIONS)}.")
 
 
-def _prepare_output(output_dir: Path, overwrite: bool, inputs) -> None:
+def _prepare_output(output_dir: Path, overwrite: bool, inputs) -> list[Path]:
+    """Check the output folder, create it where missing and return the folders created."""
     resolved = output_dir.resolve()
     for item in inputs:
         if item is None or not Path(item).exists():
@@ -340,7 +346,7 @@ def _prepare_output(output_dir: Path, overwrite: bool, inputs) -> None:
         raise ConversionError(
             f"{output_dir}: folder is not empty; choose a new folder, or pass --overwrite to replace its case files."
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    return create_folder(output_dir)
 
 
 def _load_file(path, role: str) -> sitk.Image:

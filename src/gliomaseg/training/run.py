@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from gliomaseg.data.labels import get_schema
 from gliomaseg.models import build_model, read_checkpoint_metadata
+from gliomaseg.output_folder import create_folder, removed_on_failure
 from gliomaseg.training.config import ConfigError, dump_config, resolve_config
 from gliomaseg.training.datasets import (
     discover_training_cases,
@@ -106,16 +107,17 @@ def _resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed"
 
 
-def _prepare_run_dir(output_dir: str | Path | None, name: str, resume: bool, overwrite: bool, rank: int) -> Path:
+def _prepare_run_dir(output_dir: str | Path | None, name: str, resume: bool, overwrite: bool, rank: int) -> tuple[Path, list[Path]]:
+    """Return the run folder and the folders this call created (see `create_folder`)."""
     if rank != 0 and RUN_DIR_ENVIRONMENT in os.environ:
-        return Path(os.environ[RUN_DIR_ENVIRONMENT])
+        return Path(os.environ[RUN_DIR_ENVIRONMENT]), []
     if output_dir is None:
         if resume:
             raise ConfigError("--resume needs the run folder of the interrupted run (--output RUN_DIR)")
         output_dir = Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(output_dir).expanduser().resolve()
     if rank != 0:
-        return run_dir
+        return run_dir, []
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"cannot resume: {run_dir / CONFIG_FILE} not found; give the folder of an earlier run")
@@ -125,9 +127,11 @@ def _prepare_run_dir(output_dir: str | Path | None, name: str, resume: bool, ove
         if not (run_dir / CONFIG_FILE).is_file():
             raise ConfigError(f"refusing to overwrite {run_dir}: it holds no {CONFIG_FILE}, so it does not look like a run folder")
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        # The replaced folder existed before this run, so a failure does not remove it.
+        run_dir.mkdir()
+    created = create_folder(run_dir)
     os.environ[RUN_DIR_ENVIRONMENT] = str(run_dir)
-    return run_dir
+    return run_dir, created
 
 
 def _load_config(config: str | Path | Mapping[str, Any], overrides, run_dir: str | Path | None, resume: bool) -> tuple[dict[str, Any], str]:
@@ -167,6 +171,9 @@ def train(
 ) -> RunResult:
     """Train a model as a configuration specifies and write a run folder.
 
+    A run that fails before its first epoch finishes removes the run folder where this call
+    created it. A run folder that existed before, or that contains a finished epoch, is kept.
+
     Args:
         config: a configuration dict, a YAML file, or the name of a shipped configuration
             (e.g. "albunet2d_imagenet"); missing keys take their defaults.
@@ -191,7 +198,15 @@ def train(
     # The network is built first, so a failed weight download leaves no half-made run folder.
     L.seed_everything(int(resolved["seed"]), workers=False, verbose=False)
     model = _build_model(resolved, resume=resume)
-    run_dir = _prepare_run_dir(output_dir, name, resume, overwrite, rank)
+    run_dir, created = _prepare_run_dir(output_dir, name, resume, overwrite, rank)
+    # A run that finished an epoch keeps its folder, because --resume continues from its last
+    # checkpoint and resume state.
+    with removed_on_failure(created, keep=(run_dir / RESUME_STATE).is_file):
+        return _fit(run_dir, resolved, model, resume, rank)
+
+
+def _fit(run_dir: Path, resolved: dict[str, Any], model: torch.nn.Module, resume: bool, rank: int) -> RunResult:
+    """Train in the prepared run folder: the steps of `train` after the folder exists."""
     training = resolved["training"]
 
     resume_state = None
