@@ -8,7 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from gliomaseg import inference
 from gliomaseg.cli import main
+from gliomaseg.inference import PredictionSummary
 from gliomaseg.data.synthetic import make_synthetic_dataset
 from gliomaseg.models import build_model, save_checkpoint
 
@@ -84,3 +86,19 @@ def test_cli_rejects_fp16_on_cpu(tmp_path, capsys):
     code = main(["predict", "--model", str(tmp_path / "m.safetensors"), str(tmp_path), str(tmp_path / "out"), "--precision", "fp16", "--device", "cpu"])
     assert code == 2
     assert "fp16 needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_cli_predict_passes_compile_and_precision(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_predict_cases(model, input_path, output, settings, **kwargs):
+        seen["settings"] = settings
+        return PredictionSummary()
+
+    monkeypatch.setattr(inference, "predict_cases", fake_predict_cases)
+
+    status = main(["predict", "--model", "m.safetensors", str(tmp_path), str(tmp_path / "out"), "--compile"])
+
+    assert status == 0
+    assert seen["settings"].compile is True
+    assert seen["settings"].precision == "auto"

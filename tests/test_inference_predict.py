@@ -13,9 +13,12 @@ from torch import nn
 
 from gliomaseg.data.labels import convert_labels, get_schema
 from gliomaseg.data.synthetic import make_synthetic_case, make_synthetic_dataset
+from gliomaseg.inference import sliding_window
 from gliomaseg.inference import (
     ModelInputError,
     PredictionModel,
+    PredictionSettings,
+    Predictor,
     parse_shard,
     predict_case,
     predict_cases,
@@ -358,3 +361,38 @@ def test_output_that_is_a_file_rejected_early(tmp_path):
     with pytest.raises(ValueError, match="is a file"):
         select_cohort(folder, target, (0, 1))
     assert target.read_text() == "keep"
+
+
+def test_predict_case_auto_precision_recorded(case_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(sliding_window, "cpu_has_native_bf16", lambda: False)
+
+    result = predict_case(contrast_model(), case_folder, tmp_path / "out", **FAST)
+
+    settings = json.loads(result.report.read_text())["settings"]
+    assert settings["precision"] == "auto"
+    assert settings["precision_used"] == "fp32"
+
+
+@pytest.mark.slow
+def test_predict_case_compiled_same_labels(case_folder, tmp_path):
+    eager = predict_case(contrast_model(), case_folder, tmp_path / "eager", precision="fp32", **FAST)
+    compiled = predict_case(contrast_model(), case_folder, tmp_path / "compiled", precision="fp32", compile=True, **FAST)
+
+    np.testing.assert_array_equal(np.asarray(load(compiled.label_map).dataobj), np.asarray(load(eager.label_map).dataobj))
+    assert json.loads(compiled.report.read_text())["settings"]["compile"] is True
+
+
+def test_compiled_predictor_batch_is_one_power_of_two():
+    predictor = Predictor(contrast_model(), PredictionSettings(device="cpu", compile=True, max_memory_gb=0.05))
+
+    batches = {predictor.batch_windows(shape) for shape in ((8, 16, 16), (20, 40, 40), (30, 50, 45))}
+
+    assert len(batches) == 1
+    batch = batches.pop()
+    assert batch & (batch - 1) == 0
+
+
+def test_eager_predictor_batch_not_above_window_count():
+    predictor = Predictor(contrast_model(), PredictionSettings(device="cpu", max_memory_gb=0.05))
+
+    assert predictor.batch_windows((8, 16, 16)) == 1

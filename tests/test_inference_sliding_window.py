@@ -7,12 +7,15 @@ import pytest
 import torch
 from torch import nn
 
+from gliomaseg.inference import sliding_window
 from gliomaseg.inference.sliding_window import (
+    CompiledModel,
     VolumeModel,
     count_windows,
     estimate_window_bytes,
     gaussian_importance,
     mirror_combinations,
+    resolve_precision,
     sliding_window_probabilities,
     window_starts,
 )
@@ -276,3 +279,109 @@ def test_estimate_window_bytes_scales_with_depth():
 
     assert one > 16 * 16 * 8 * 4
     assert four > 3 * one
+
+
+def test_sliding_window_fixed_batch_calls_one_shape():
+    shape = (9, 17, 13)
+    image = random_probabilities(shape, seed=4)
+    model = CountingModel()
+
+    result = sliding_window_probabilities(model, image, WINDOW, STEP, batch_windows=5, fixed_batch=True)
+
+    assert count_windows(shape, WINDOW, STEP) % 5 != 0, "the test needs a partial last batch"
+    assert {tuple(x.shape) for x in model.inputs} == {(5, 4, *WINDOW)}
+    np.testing.assert_allclose(result.numpy(), image, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    ("native", "expected"),
+    [(True, "bf16"), (False, "fp32")],
+)
+def test_resolve_precision_auto_on_cpu(monkeypatch, native, expected):
+    monkeypatch.setattr(sliding_window, "cpu_has_native_bf16", lambda: native)
+
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize(("bf16_supported", "expected"), [(True, "bf16"), (False, "fp16")])
+def test_resolve_precision_auto_on_gpu(monkeypatch, bf16_supported, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16_supported)
+
+    assert resolve_precision("auto", torch.device("cuda")) == expected
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resolve_precision_explicit_kept(precision):
+    assert resolve_precision(precision, torch.device("cpu")) == precision
+
+
+def test_resolve_precision_rejects_unknown():
+    with pytest.raises(ValueError, match="unknown precision 'int8'"):
+        resolve_precision("int8", torch.device("cpu"))
+
+
+def test_resolve_precision_rejects_fp16_on_cpu():
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_cpu_has_native_bf16_reads_cpu_flags(monkeypatch, tmp_path):
+    flags = {"avx512_bf16": True, "amx_bf16": True, "avx512f avx2": False}
+    found = {}
+    for text in flags:
+        cpuinfo = tmp_path / text.replace(" ", "_")
+        cpuinfo.write_text(f"processor : 0\nflags : fpu sse2 {text}\n")
+        monkeypatch.setattr(sliding_window, "CPUINFO", cpuinfo)
+        found[text] = sliding_window.cpu_has_native_bf16()
+
+    assert found == flags
+
+
+def test_cpu_has_native_bf16_false_without_cpuinfo(monkeypatch, tmp_path):
+    monkeypatch.setattr(sliding_window, "CPUINFO", tmp_path / "missing")
+
+    assert sliding_window.cpu_has_native_bf16() is False
+
+
+class SmallConvNet(nn.Module):
+    """Two 3D convolutions with a ReLU: enough structure for the compiler to fuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layers = nn.Sequential(nn.Conv3d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 3, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager():
+    image = np.random.default_rng(5).normal(size=(2, 6, 12, 10)).astype(np.float32)
+    network = SmallConvNet().eval()
+
+    eager = sliding_window_probabilities(network, image, (4, 8, 8), (2, 4, 4), batch_windows=3)
+    compiled_model = CompiledModel(network)
+    compiled = sliding_window_probabilities(compiled_model, image, (4, 8, 8), (2, 4, 4), batch_windows=3, fixed_batch=True)
+
+    assert compiled_model.compiled is not None, "compilation fell back to eager"
+    np.testing.assert_allclose(compiled.numpy(), eager.numpy(), rtol=0, atol=1e-5)
+
+
+def test_compiled_model_falls_back_to_eager(monkeypatch, caplog):
+    def failing_compile(model, **options):
+        def run(x):
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    image = random_probabilities((5, 9, 10), seed=6)
+    model = CompiledModel(LogModel())
+
+    with caplog.at_level("WARNING", logger="gliomaseg.inference.sliding_window"):
+        result = sliding_window_probabilities(model, image, WINDOW, STEP)
+
+    np.testing.assert_allclose(result.numpy(), image, rtol=0, atol=2e-6)
+    assert model.compiled is None
+    assert "no C++ compiler found" in caplog.text

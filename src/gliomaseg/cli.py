@@ -215,8 +215,18 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", default=None, metavar="D,H,W", help="window size in voxels (default: the checkpoint's training patch size)")
     p.add_argument("--gaussian", action="store_true", help="weight overlapping windows by a Gaussian centred in each window")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (4x the work for 2D, 8x for 3D)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="arithmetic precision (bf16 works on CPUs; fp16 on GPUs only)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="arithmetic precision; auto (default): bf16 on GPUs and on CPUs with native bf16, else fp32; fp16 on GPUs only",
+    )
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the network with torch.compile first: tens of seconds once, then faster windows (for cohorts)",
+    )
     p.add_argument("--batch-windows", type=int, default=None, metavar="N", help="windows per forward pass (default: from --max-memory-gb)")
     p.add_argument("--max-memory-gb", type=float, default=2.0, help="memory budget for a case's accumulators and a batch of windows, in GB (default 2)")
     p.add_argument("--save-probabilities", action="store_true", help="also write OUTPUT/<case_id>_probabilities.nii.gz (float32, 4 classes)")
@@ -266,6 +276,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         tta=args.tta,
         precision=args.precision,
         device=args.device,
+        compile=args.compile,
         batch_windows=args.batch_windows,
         max_memory_gb=args.max_memory_gb,
         save_probabilities=args.save_probabilities,
@@ -356,7 +367,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from gliomaseg.evaluation import AFFINE_TOLERANCE, evaluate_folders, plot_training_curves, table_i, write_evaluation
     from gliomaseg.evaluation.report import check_output_folder
-    from gliomaseg.evaluation.summary import summarize
+    from gliomaseg.evaluation.summary import format_unscored, summarize
 
     methods: dict[str, str] = {}
     for entry in args.method:
@@ -403,9 +414,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     summary = summarize(results)
     print("Dice, mean (median):")
     print(table_i(summary, "dice"))
-    unscored = [r for r in results if not r.scored]
+    unscored = format_unscored(results)
     if unscored:
-        print(f"{len(unscored)} method-case pair(s) not scored; see the status and reason columns of {written['csv']}")
+        print(unscored)
+        print(f"(also in the status and reason columns of {written['csv']} and under not_scored in {written['summary']})")
     print(f"results: {output_dir} (metrics_per_case.csv, summary.json, report.md, box plots, overlays)")
     return 0 if any(r.scored for r in results) else 1
 

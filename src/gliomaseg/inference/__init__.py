@@ -10,10 +10,18 @@ from gliomaseg.inference.predict import (
     predict_case,
     predict_cases,
 )
-from gliomaseg.inference.sliding_window import VolumeModel, gaussian_importance, sliding_window_probabilities, window_starts
+from gliomaseg.inference.sliding_window import (
+    CompiledModel,
+    VolumeModel,
+    gaussian_importance,
+    resolve_precision,
+    sliding_window_probabilities,
+    window_starts,
+)
 
 __all__ = [
     "CaseResult",
+    "CompiledModel",
     "ModelInputError",
     "PredictionModel",
     "PredictionSettings",
@@ -25,6 +33,7 @@ __all__ = [
     "parse_shard",
     "predict_case",
     "predict_cases",
+    "resolve_precision",
     "sliding_window_probabilities",
     "window_starts",
 ]
