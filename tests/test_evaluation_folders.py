@@ -202,6 +202,40 @@ def test_cli_several_methods(methods, synthetic_dataset, tmp_path, capsys):
     assert (output / "boxplot_dice_whole_tumor.png").is_file()
 
 
+UNSCORED_REASONS = {
+    ("a", "Synth_002"): "no predicted label map",
+    ("a", "Synth_003"): "shape",
+    ("a", "Extra_999"): "no reference label map",
+    ("b", "Synth_000"): "affine",
+    ("b", "Synth_001"): "[7]",
+}
+
+
+def test_summary_json_lists_unscored_reasons(methods, synthetic_dataset, tmp_path):
+    results, references = evaluate_folders(methods, synthetic_dataset, progress=False)
+    written = write_evaluation(results, references, tmp_path / "out", overlays=False, progress=False)
+    summary = json.loads(written["summary"].read_text())
+    listed = {(method, entry["case_id"]): entry for method in ("a", "b") for entry in summary["methods"][method]["not_scored"]}
+    assert sorted(listed) == sorted(UNSCORED_REASONS)
+    for key, words in UNSCORED_REASONS.items():
+        assert words in listed[key]["reason"], key
+    assert listed[("a", "Synth_003")]["status"] == STATUS_SHAPE_MISMATCH
+
+
+def test_cli_prints_unscored_case_reasons(methods, synthetic_dataset, tmp_path, capsys):
+    code = main([
+        "evaluate", "--method", f"a={methods['a']}", "--method", f"b={methods['b']}",
+        str(synthetic_dataset), "--output", str(tmp_path / "compare"), "--no-overlays",
+    ])
+    printed = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert "5 of 9 method-case pair(s) not scored:" in printed
+    for (method, case_id), words in UNSCORED_REASONS.items():
+        lines = [line for line in printed if line.startswith(f"  {method}, case {case_id}: ")]
+        assert len(lines) == 1, (method, case_id)
+        assert words in lines[0], (method, case_id)
+
+
 def test_cli_output_equal_to_input_rejected(methods, synthetic_dataset, capsys):
     code = main(["evaluate", str(methods["a"]), str(synthetic_dataset), "--output", str(methods["a"])])
     assert code == 2

@@ -6,7 +6,7 @@ import pytest
 
 from gliomaseg.evaluation import CaseResult, summarize, summary_statistics, table_i
 from gliomaseg.evaluation.folders import STATUS_MISSING_PREDICTION, STATUS_OK
-from gliomaseg.evaluation.summary import format_report
+from gliomaseg.evaluation.summary import format_report, format_unscored
 
 
 def test_summary_statistics_hand_computed():
@@ -80,3 +80,24 @@ def test_format_report_lists_unscored_case():
     results = _results()
     report = format_report(results, summarize(results))
     assert "| 3D | c3 | missing_prediction |" in report
+
+
+def test_summarize_lists_unscored_reasons():
+    results = [*_results(), CaseResult("2D", "c4", "shape_mismatch", reason="prediction has shape (2, 2, 2)")]
+    summary = summarize(results)
+    assert summary["3D"]["not_scored"] == [{"case_id": "c3", "status": STATUS_MISSING_PREDICTION, "reason": ""}]
+    assert summary["2D"]["not_scored"] == [
+        {"case_id": "c4", "status": "shape_mismatch", "reason": "prediction has shape (2, 2, 2)"}
+    ]
+
+
+def test_format_unscored_one_line_per_case():
+    results = [*_results(), CaseResult("2D", "c4", "shape_mismatch", reason="prediction has shape (2, 2, 2)")]
+    lines = format_unscored(results).splitlines()
+    assert lines[0] == "2 of 7 method-case pair(s) not scored:"
+    assert lines[1] == "  3D, case c3: missing_prediction: "
+    assert lines[2] == "  2D, case c4: shape_mismatch: prediction has shape (2, 2, 2)"
+
+
+def test_format_unscored_all_scored_is_empty():
+    assert format_unscored([_result("3D", "c1", 0.8)]) == ""

@@ -22,7 +22,7 @@ from gliomaseg.evaluation.metrics import (
 from gliomaseg.evaluation.pairing import find_predictions, find_references, infer_schema, pair_cases
 from gliomaseg.evaluation.plots import plot_boxplots, plot_overlay, plot_training_curves, read_training_log
 from gliomaseg.evaluation.report import write_evaluation, write_results_csv, write_summary_json
-from gliomaseg.evaluation.summary import format_report, summarize, summary_statistics, table_i
+from gliomaseg.evaluation.summary import format_report, format_unscored, summarize, summary_statistics, table_i
 
 __all__ = [
     "AFFINE_TOLERANCE",
@@ -36,6 +36,7 @@ __all__ = [
     "find_predictions",
     "find_references",
     "format_report",
+    "format_unscored",
     "hd95",
     "infer_schema",
     "pair_cases",

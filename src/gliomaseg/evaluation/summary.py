@@ -51,8 +51,9 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict]:
 
     Returns:
         {method: {"cases": number of case ids, "scored": number scored, "statuses":
-        {status: count}, "regions": {region: {metric: summary_statistics(...)}}}}. Cases that
-        were not scored (see CaseResult.status) do not enter the statistics.
+        {status: count}, "not_scored": [{"case_id", "status", "reason"} per case not scored],
+        "regions": {region: {metric: summary_statistics(...)}}}}. Cases that were not scored
+        (see CaseResult.status) do not enter the statistics.
     """
     summary: dict[str, dict] = {}
     for method in methods_of(results):
@@ -66,6 +67,9 @@ def summarize(results: Sequence[CaseResult]) -> dict[str, dict]:
             "cases": len(method_results),
             "scored": len(scored),
             "statuses": dict(Counter(r.status for r in method_results)),
+            "not_scored": [
+                {"case_id": r.case_id, "status": r.status, "reason": r.reason} for r in method_results if not r.scored
+            ],
             "regions": regions,
         }
     return summary
@@ -128,6 +132,16 @@ def problems_table(results: Sequence[CaseResult]) -> str:
         return ""
     rows = [[r.method, r.case_id, r.status, r.reason.replace("|", "/")] for r in problems]
     return _markdown_table(["Method", "Case", "Status", "Reason"], rows)
+
+
+def format_unscored(results: Sequence[CaseResult]) -> str:
+    """Format the method-case pairs that were not scored, one line each with status and reason ('' if none)."""
+    unscored = [r for r in results if not r.scored]
+    if not unscored:
+        return ""
+    lines = [f"{len(unscored)} of {len(results)} method-case pair(s) not scored:"]
+    lines += [f"  {r.method}, case {r.case_id}: {r.status}: {r.reason}" for r in unscored]
+    return "\n".join(lines)
 
 
 def format_report(results: Sequence[CaseResult], summary: dict[str, dict], reference: str = "") -> str:
