@@ -238,6 +238,21 @@ def test_page_trains_four_shipped_variants(commands):
     assert sorted(trained) == sorted(SHIPPED_VARIANTS)
 
 
+def test_page_trains_on_downloaded_dataset_folder(commands):
+    datasets = {
+        argument.partition("=")[2]
+        for command in commands
+        if (gliomaseg_arguments(command) or [""])[0] == "train"
+        for argument in gliomaseg_arguments(command)
+        if argument.startswith("data.dataset=")
+    }
+    assert datasets == {"MICCAI_BraTS_2018_Data_Training"}
+
+
+def test_page_makes_no_symbolic_links(commands):
+    assert not [command for command in commands if command.startswith("ln ")]
+
+
 def test_page_compares_four_methods(commands):
     evaluations = [gliomaseg_arguments(c) for c in commands if "--method" in c]
     assert len(evaluations) == 1
@@ -269,11 +284,11 @@ def test_every_command_succeeds(walkthrough, commands):
 @pytest.mark.slow
 def test_split_moves_one_case_to_test(walkthrough):
     root = walkthrough.root
-    train = sorted(p.name for p in (root / "brats18" / "train").iterdir())
-    test = sorted(p.name for p in (root / "brats18" / "test").iterdir())
+    train = sorted(p.name for p in (root / "MICCAI_BraTS_2018_Data_Training").glob("[HL]GG/*"))
+    test = sorted(p.name for p in (root / "brats18-test").glob("[HL]GG/*"))
     assert test == ["Brats18_TCIA09_141_1"]
     assert len(train) == 4
-    assert (root / "brats18" / "train" / "Brats18_2013_0_1").is_symlink()
+    assert (root / "brats18-test" / "LGG" / "Brats18_TCIA09_141_1").is_dir()
 
 
 @pytest.mark.slow
