@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -157,6 +158,36 @@ def test_time_budget_stops_after_first_epoch(tiny_dataset, tmp_path):
     assert result.stopped_by_time
     assert result.epochs_completed == 1
     assert result.last_checkpoint is not None
+
+
+def test_spent_budget_stops_after_one_step(tiny_dataset, tmp_path):
+    # The budget runs out during the validation before training, so one step is all that runs.
+    config = tiny_config(tiny_dataset, max_minutes=1e-6, batches_per_epoch=3)
+    run_dir = tmp_path / "budget"
+    result = train(config, output_dir=run_dir)
+    assert result.stopped_by_time
+    assert [int(row["epoch"]) for row in result.metrics] == [0, 1]
+    assert result.epochs_completed == 1
+    assert int(result.metrics[-1]["step"]) == 1
+    assert not math.isnan(result.metrics[-1]["val_dice_mean"])
+    assert result.best_checkpoint == run_dir / "best.safetensors"
+    assert result.last_checkpoint == run_dir / "last.safetensors"
+    _, metadata = load_checkpoint(result.best_checkpoint)
+    assert metadata["extra"]["global_step"] == 1
+
+    resumed = train(config, overrides={"training.max_minutes": None}, output_dir=run_dir, resume=True)
+    assert [int(row["epoch"]) for row in resumed.metrics] == [0, 1, 2]
+    assert int(resumed.metrics[-1]["step"]) == 4
+
+
+def test_time_budget_stops_inside_epoch(tiny_dataset, tmp_path):
+    batches = 1000
+    result = train(tiny_config(tiny_dataset, max_minutes=0.02, batches_per_epoch=batches, epochs=1), output_dir=tmp_path / "budget")
+    steps = int(result.metrics[-1]["step"])
+    assert result.stopped_by_time
+    assert [int(row["epoch"]) for row in result.metrics] == [0, 1]
+    assert 1 <= steps < batches
+    assert (result.run_dir / "best.safetensors").is_file()
 
 
 def test_3d_model_trains_one_epoch(tiny_dataset, tmp_path):

@@ -192,7 +192,9 @@ def _run_train(args: argparse.Namespace) -> int:
         raise CommandError(f"{error} In gliomaseg train, set it with --set model.params.encoder_weights=PATH (or =null).") from error
     best = result.best_checkpoint or result.last_checkpoint
     print(f"run folder: {result.run_dir}")
-    print(f"epochs completed: {result.epochs_completed}{' (stopped at training.max_minutes)' if result.stopped_by_time else ''}")
+    steps = int(result.metrics[-1]["step"]) if result.metrics else 0
+    stopped = f" (stopped at training.max_minutes after optimizer step {steps})" if result.stopped_by_time else ""
+    print(f"epochs trained: {result.epochs_completed}{stopped}")
     print(f"checkpoint for prediction: {best}")
     return 0
 

@@ -3,7 +3,8 @@
 Files in the run folder (written by the process of global rank 0):
 
 - `metrics.csv`: one row per epoch (epoch 0 is the validation before training), columns
-  `METRIC_COLUMNS`;
+  `METRIC_COLUMNS`; an epoch cut short by the time budget gets a row too, with the steps
+  it trained;
 - `last.safetensors`, `best.safetensors`: model checkpoints (best by mean validation Dice);
 - `resume_state.pt`: optimizer state, epoch, step, best score and RNG states, read back with
   `torch.load(weights_only=True)`, so resuming never unpickles arbitrary objects.
@@ -110,6 +111,10 @@ def load_resume_state(path: Path) -> dict[str, Any]:
 class RunRecorder(L.Callback):
     """Measure data waiting, write a metrics row and checkpoints after every epoch, stop at the time budget.
 
+    The time budget is checked after every training batch, so training stops at most one
+    batch after it runs out, also in the middle of an epoch. Lightning then validates once
+    and ends the epoch, so the shortened epoch gets its metrics row and checkpoints.
+
     Args:
         run_dir: the run folder.
         checkpoint_metadata: metadata for gliomaseg.models.save_checkpoint (channels,
@@ -172,6 +177,7 @@ class RunRecorder(L.Callback):
         self._last_batch_end = time.perf_counter()
         self._compute += self._last_batch_end - self._batch_start
         self._steps += 1
+        self._check_time_budget(trainer, self.epoch_offset + trainer.current_epoch + 1)
 
     # --- end of epoch ---------------------------------------------------------------------
 
@@ -204,7 +210,6 @@ class RunRecorder(L.Callback):
         if trainer.is_global_zero:
             self._save(module, row)
             self._write_row(row)
-        self._check_time_budget(trainer, epoch_seconds)
 
     def _save(self, module: L.LightningModule, row: dict[str, Any]) -> None:
         score = row.get("val_dice_mean")
@@ -238,14 +243,16 @@ class RunRecorder(L.Callback):
             writer.writerow([_format(row.get(column)) for column in METRIC_COLUMNS])
         self.rows.append(dict(row))
 
-    def _check_time_budget(self, trainer: L.Trainer, epoch_seconds: float) -> None:
-        if self.max_minutes is None:
+    def _check_time_budget(self, trainer: L.Trainer, epoch: int) -> None:
+        if self.max_minutes is None or trainer.should_stop:
             return
         elapsed = time.perf_counter() - self._start
-        # Stop when another epoch of the same length would overrun the budget.
-        stop = elapsed + epoch_seconds > 60.0 * float(self.max_minutes)
-        stop = bool(trainer.strategy.broadcast(stop, src=0))
-        if stop and not trainer.should_stop:
-            log.info("Stopping after %.1f min: another epoch would exceed training.max_minutes=%s", elapsed / 60, self.max_minutes)
+        # Rank 0 decides, so all processes of a distributed run stop after the same batch.
+        stop = bool(trainer.strategy.broadcast(elapsed >= 60.0 * float(self.max_minutes), src=0))
+        if stop:
+            log.info(
+                "Stopping after %.1f min, %d of %s batches into epoch %d: training.max_minutes=%s is reached",
+                elapsed / 60, self._steps, trainer.num_training_batches, epoch, self.max_minutes,
+            )
             self.stopped_by_time = True
             trainer.should_stop = True

@@ -66,8 +66,9 @@ class RunResult:
         last_checkpoint: checkpoint after the last finished epoch.
         best_checkpoint: checkpoint with the best mean validation Dice, or None without validation.
         metrics: rows of metrics.csv (epoch 0 is the validation before training).
-        epochs_completed: epochs finished, counting those before a resume.
-        stopped_by_time: training stopped early at training.max_minutes.
+        epochs_completed: epochs trained, counting those before a resume and an epoch that
+            the time budget cut short.
+        stopped_by_time: training stopped at training.max_minutes, possibly within an epoch.
         config: the resolved configuration.
     """
 
