@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import csv
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -225,6 +228,18 @@ def test_failed_run_keeps_existing_folder(tmp_path):
     with pytest.raises(ValueError, match="no case found"):
         train(tiny_config(empty_dataset), output_dir=run_dir)
     assert run_dir.is_dir()
+
+
+def test_overwrite_with_empty_dataset_keeps_earlier_run(reference_run, tmp_path):
+    earlier = tmp_path / "earlier"
+    shutil.copytree(reference_run.run_dir, earlier)
+    empty_dataset = tmp_path / "no_cases"
+    empty_dataset.mkdir()
+
+    with pytest.raises(ValueError, match="no case found"):
+        train(tiny_config(empty_dataset), output_dir=earlier, overwrite=True)
+
+    assert sorted(p.name for p in earlier.iterdir()) == sorted(p.name for p in reference_run.run_dir.iterdir())
 
 
 def test_failure_in_first_epoch_removes_run_folder(tiny_dataset, tmp_path, monkeypatch):

@@ -199,14 +199,19 @@ def train(
     # The network is built first, so a failed weight download leaves no half-made run folder.
     L.seed_everything(int(resolved["seed"]), workers=False, verbose=False)
     model = _build_model(resolved, resume=resume)
+    # The dataset is read before an existing run folder is replaced, so a wrong dataset path
+    # leaves the earlier run as it was.
+    cases = None if resume else discover_training_cases(resolved)
     run_dir, created = _prepare_run_dir(output_dir, name, resume, overwrite, rank)
     # A run that finished an epoch keeps its folder, because --resume continues from its last
     # checkpoint and resume state.
     with removed_on_failure(created, keep=(run_dir / RESUME_STATE).is_file):
-        return _fit(run_dir, resolved, model, resume, rank)
+        return _fit(run_dir, resolved, model, resume, rank, cases)
 
 
-def _fit(run_dir: Path, resolved: dict[str, Any], model: torch.nn.Module, resume: bool, rank: int) -> RunResult:
+def _fit(
+    run_dir: Path, resolved: dict[str, Any], model: torch.nn.Module, resume: bool, rank: int, cases: list | None = None
+) -> RunResult:
     """Train in the prepared run folder: the steps of `train` after the folder exists."""
     training = resolved["training"]
 
@@ -222,7 +227,8 @@ def _fit(run_dir: Path, resolved: dict[str, Any], model: torch.nn.Module, resume
         log.info("Run %s has finished all %d epochs; nothing to do", run_dir, training["epochs"])
         return _result(run_dir, resolved, epoch_offset, False)
 
-    cases = discover_training_cases(resolved)
+    if cases is None:
+        cases = discover_training_cases(resolved)
     by_id = {case.case_id: case for case in cases}
     split_source = run_dir / SPLIT_FILE if resume else resolved["data"]["split_file"]
     if split_source:
