@@ -331,14 +331,14 @@ def test_cpu_has_native_bf16_reads_cpu_flags(monkeypatch, tmp_path):
     for text in flags:
         cpuinfo = tmp_path / text.replace(" ", "_")
         cpuinfo.write_text(f"processor : 0\nflags : fpu sse2 {text}\n")
-        monkeypatch.setattr(sliding_window, "CPUINFO", cpuinfo)
+        monkeypatch.setattr(sliding_window, "CPUINFO_PATH", cpuinfo)
         found[text] = sliding_window.cpu_has_native_bf16()
 
     assert found == flags
 
 
 def test_cpu_has_native_bf16_false_without_cpuinfo(monkeypatch, tmp_path):
-    monkeypatch.setattr(sliding_window, "CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr(sliding_window, "CPUINFO_PATH", tmp_path / "missing")
 
     assert sliding_window.cpu_has_native_bf16() is False
 

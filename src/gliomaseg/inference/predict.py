@@ -196,7 +196,6 @@ class Predictor:
         size rather than once per case.
         """
         window = self.window_for(shape)
-        windows = count_windows(shape, window, self.step)
         if self.settings.batch_windows is not None:
             batch = self.settings.batch_windows
         else:
@@ -212,7 +211,7 @@ class Predictor:
                 batch = 1 << (batch.bit_length() - 1)
         if self.settings.compile:
             return max(1, batch)
-        return max(1, min(batch, windows))
+        return max(1, min(batch, count_windows(shape, window, self.step)))
 
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
         """Return float32 (4, D, H, W) class probabilities of a preprocessed (C, D, H, W) image."""
