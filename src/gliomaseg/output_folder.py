@@ -57,7 +57,7 @@ def remove_created(created: Sequence[Path]) -> None:
     try:
         shutil.rmtree(innermost)
     except OSError as error:
-        log.warning("could not remove %s after the failure: %s", innermost, error)
+        log.warning("failed to remove %s after the run failed: %s", innermost, error)
         return
     for parent in reversed(parents):
         try:
