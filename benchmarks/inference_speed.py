@@ -48,7 +48,7 @@ CONFIGS: dict[str, dict] = {
     "paper_compiled": {"step": 32, "depth_step": 24, "precision": "bf16", "channels_last": True, "compile": True},
     "fast_compiled": {"step": 128, "depth_step": 24, "precision": "bf16", "channels_last": True, "compile": True},
 }
-# Configurations run by default. The compiled ones are opt-in (--configs), because each spends 25 to 45 s compiling.
+# Configurations run by default. The compiled ones are opt-in (--configs), because each spends 19 to 27 s compiling.
 DEFAULT_CONFIGS = ["paper", "paper_bf16", "fast", "fastest"]
 
 

@@ -227,7 +227,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="compile the network with torch.compile first (25-45 s on a 2-core CPU); speeds up some networks and devices, see docs/predict.md",
+        help="compile the network with torch.compile first (19-27 s per window size on a 2-core CPU); speeds up some networks and devices, see docs/predict.md",
     )
     p.add_argument("--batch-windows", type=int, default=None, metavar="N", help="windows per forward pass (default: from --max-memory-gb)")
     p.add_argument("--max-memory-gb", type=float, default=2.0, help="memory budget for a case's accumulators and a batch of windows, in GB (default 2)")

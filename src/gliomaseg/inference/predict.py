@@ -77,7 +77,7 @@ class PredictionSettings:
             used when `batch_windows` is None.
         channels_last: run convolutions in channels-last memory format (faster on most CPUs).
         compile: compile the network with torch.compile before the first window, once per
-            process and window size. On a 2-core CPU this took 25 to 45 s and made AlbuNet2D
+            process and window size. On a 2-core CPU this took 19 to 27 s and made AlbuNet2D
             7 to 12 % faster and AlbuNet3D slower, so measure it on the target hardware.
         save_probabilities: also write the class probabilities.
         label_schema: schema of the written label maps; None uses each input case's schema.

@@ -170,7 +170,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 class CompiledModel(nn.Module):
     """A model compiled with torch.compile (inductor, weights frozen), falling back to eager.
 
-    The first call compiles, which took 25 to 45 s for AlbuNet on a 2-core CPU. Later calls
+    The first call compiles, which took 19 to 27 s for AlbuNet on a 2-core CPU. Later calls
     with the same input shape reuse the compiled code, and a new shape compiles again. Where
     the first call fails to compile (for example without a C++ compiler on a CPU machine), a
     warning names the error and the model runs uncompiled from then on.
